@@ -1,0 +1,43 @@
+# locall-operator: `make demo` runs the whole story on a local cluster; `make test` runs every test.
+SHELL := /bin/bash
+# Builds are cached outside the repo, so a fresh clone (CI) reuses them.
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/locall-operator/cargo-target
+CARGO ?= cargo
+
+.PHONY: all build test unit e2e cluster down crds crds-check demo bench fmt lint clean
+
+all: build
+
+build:
+	$(CARGO) build --bins
+
+## The local cluster (real kube-apiserver, controllers, kwok nodes, Prometheus, traffic simulator).
+cluster:
+	tests/cluster/up
+
+down:
+	tests/cluster/down
+
+## CRDs are generated from the Rust types; CI fails when the committed file is stale.
+crds:
+	$(CARGO) run --quiet --bin crdgen > crds/locallreleases.yaml
+
+crds-check:
+	@$(CARGO) run --quiet --bin crdgen | diff -u crds/locallreleases.yaml - > /dev/null \
+	  || { echo "crds/locallreleases.yaml is out of date: run 'make crds' and commit it"; exit 1; }
+
+## Unit tests (pure engine, no cluster) and the end-to-end suites on the local cluster.
+test: crds-check build cluster
+	$(CARGO) test --no-fail-fast -- --test-threads 4
+
+unit:
+	$(CARGO) test --lib
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+clean: down
+	rm -rf target

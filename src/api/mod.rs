@@ -1,0 +1,30 @@
+//! The LocallRelease API, declared once; `crdgen` writes `crds/locallreleases.yaml` from it.
+
+pub mod conditions;
+pub mod duration;
+pub mod spec;
+pub mod status;
+
+pub use duration::Dur;
+pub use spec::*;
+pub use status::*;
+
+/// Labels and annotations the operator reads and writes.
+pub mod labels {
+    /// The application (release) name, on every owned object and pod.
+    pub const NAME: &str = "app.kubernetes.io/name";
+    /// The version of a pod (read by the traffic simulator).
+    pub const VERSION: &str = "app.kubernetes.io/version";
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    pub const MANAGER: &str = "locall-operator";
+    /// `<namespace>.<name>` of the owning release: children may live in other namespaces.
+    pub const RELEASE: &str = "locall.io/release";
+    /// The revision (hash of version and pod template) of a Deployment's pods.
+    pub const REVISION: &str = "locall.io/revision";
+    /// The stage an object belongs to.
+    pub const STAGE: &str = "locall.io/stage";
+    /// What a Job is for.
+    pub const JOB_KIND: &str = "locall.io/job-kind";
+    /// Annotation granting an approval: `{"stage":"production","version":"2.0.0","by":"alice"}`.
+    pub const APPROVE: &str = "locall.io/approve";
+}

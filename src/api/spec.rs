@@ -1,0 +1,330 @@
+//! `LocallRelease.spec`: what the user asks for. The operator never writes it.
+
+use super::{duration::Dur, status::LocallReleaseStatus};
+use k8s_openapi::api::core::v1::{EnvVar, PodTemplateSpec};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A Locall application and the release of its current version: pre-deployment checks and Jobs,
+/// then each stage (staging, then production) with verification, optional approval and progressive
+/// traffic. Changing `version` or `template` starts a new release; the last good version stays
+/// recorded as stable in status.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "locall.io",
+    version = "v1alpha1",
+    kind = "LocallRelease",
+    plural = "locallreleases",
+    shortname = "lr",
+    category = "locall",
+    namespaced,
+    status = "LocallReleaseStatus",
+    doc = "A Locall application release carried from pre-deployment checks through staging into production.",
+    printcolumn(name = "Version", type_ = "string", json_path = ".spec.version"),
+    printcolumn(name = "Stage", type_ = "string", json_path = ".status.stage"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Weight", type_ = "integer", json_path = ".status.weight"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.stages.all(s, self.stages.exists_one(t, t.name == s.name))").message("stages: stage names must be unique").field_path(".stages"))]
+#[x_kube(validation = Rule::new("self.traffic.method != 'GatewayAPI' || has(self.traffic.gateway)").message("traffic.gateway is required when traffic.method is GatewayAPI").field_path(".traffic.gateway"))]
+#[x_kube(validation = Rule::new("self.traffic.method != 'ReplicaRatio' || !has(self.traffic.gateway)").message("traffic.gateway must not be set when traffic.method is ReplicaRatio").field_path(".traffic.gateway"))]
+pub struct LocallReleaseSpec {
+    /// The application version this release rolls out, e.g. "2.4.0". Shown as the Version column.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$"))]
+    pub version: String,
+
+    /// Pod replicas of the application in each stage, unless a stage sets its own.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub replicas: i32,
+
+    /// The application's pod template. The operator adds its labels
+    /// (`app.kubernetes.io/name`, `app.kubernetes.io/version`, `locall.io/revision`).
+    pub template: PodTemplateSpec,
+
+    /// The Service in front of the application in each stage namespace.
+    #[serde(default)]
+    pub service: ServiceSpec,
+
+    /// Checks run before anything else: referenced Secrets, ConfigMaps, keys and TLS certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<Preflight>,
+
+    /// Jobs run around the deployment: pre-deploy tests and cache clear, the migration with its
+    /// backup and restore, post-deploy tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hooks: Option<Hooks>,
+
+    /// Ordered stages, e.g. staging then production. Each must finish before the next starts.
+    #[schemars(length(min = 1, max = 10))]
+    pub stages: Vec<Stage>,
+
+    /// How traffic moves to the new version.
+    #[serde(default)]
+    pub traffic: Traffic,
+
+    /// Approvals granted in git (GitOps): each names the stage and the version it approves.
+    /// The `kubectl locall approve` command grants through an annotation instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub approvals: Vec<Approval>,
+}
+
+fn default_replicas() -> i32 {
+    2
+}
+
+/// The Service the operator manages in each stage namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// The port the Service exposes and the container listens on.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Annotations put on the Service and the HTTPRoute (for example `sim.locall.io/rps` for the
+    /// local traffic simulator).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+fn default_port() -> i32 {
+    8080
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        ServiceSpec { port: default_port(), annotations: BTreeMap::new() }
+    }
+}
+
+/// Checks that must pass before any Job runs or anything is deployed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Preflight {
+    /// Secrets that must exist in every stage namespace, with the keys they must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<ObjectKeys>,
+    /// ConfigMaps that must exist in every stage namespace, with the keys they must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_maps: Vec<ObjectKeys>,
+    /// TLS Secrets (type kubernetes.io/tls) whose certificate must stay valid at least `minValidity`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls: Vec<TlsCheck>,
+}
+
+/// A Secret or ConfigMap and the keys it must contain.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectKeys {
+    /// Name of the object, looked up in each stage namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Keys that must be present (in `data` or `stringData`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<String>,
+}
+
+/// A TLS certificate that must remain valid long enough.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsCheck {
+    /// Name of the kubernetes.io/tls Secret, looked up in each stage namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// Minimum remaining validity of `tls.crt`, e.g. 720h for 30 days.
+    pub min_validity: Dur,
+}
+
+/// Jobs run around the deployment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.preDeploy.all(j, self.preDeploy.exists_one(k, k.name == j.name))").message("hooks.preDeploy: Job names must be unique").field_path(".preDeploy"))]
+pub struct Hooks {
+    /// Run in order before the migration: tests, cache clear, ...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub pre_deploy: Vec<HookJob>,
+    /// The database migration, with the backup taken before it and the restore a rollback uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<Migration>,
+    /// Run in order once production is at 100%: enabling alerts, ...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub post_deploy: Vec<HookJob>,
+}
+
+/// The migration step of a release.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Migration {
+    /// Whether this migration changes the database schema. When true, a rollback after the
+    /// migration ran restores the backup taken just before it.
+    #[serde(default)]
+    pub changes_schema: bool,
+    /// Takes the backup before the migration. Its `BACKUP_ID` env var names the backup.
+    pub backup: JobTemplate,
+    /// Runs the migration.
+    pub migrate: JobTemplate,
+    /// Restores the backup (`BACKUP_ID` is set) when a release that changed the schema rolls back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<JobTemplate>,
+}
+
+/// A named Job.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HookJob {
+    /// Short name, unique in its list; part of the Job's name.
+    #[schemars(length(min = 1, max = 20), regex(pattern = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"))]
+    pub name: String,
+    /// What the Job runs.
+    #[serde(flatten)]
+    pub job: JobTemplate,
+}
+
+/// What a Job runs. By default it uses the application's first container: its image and env.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobTemplate {
+    /// Container image; defaults to the application's first container image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Command (entrypoint).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Arguments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Extra environment variables, added to the application container's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Retries before the Job counts as failed (the Job's backoffLimit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10))]
+    pub retries: Option<i32>,
+    /// How long the Job may run before it counts as failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Dur>,
+    /// Labels added to the Job's pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_labels: BTreeMap<String, String>,
+    /// Annotations added to the Job's pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_annotations: BTreeMap<String, String>,
+}
+
+/// One stage of the release, e.g. staging or production.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.steps.size() == 0 || self.steps[self.steps.size() - 1].weight == 100").message("the last step's weight must be 100").field_path(".steps"))]
+#[x_kube(validation = Rule::new("self.steps.size() < 2 || self.steps.all(s, self.steps.filter(t, t.weight == s.weight).size() == 1)").message("step weights must not repeat").field_path(".steps"))]
+pub struct Stage {
+    /// Stage name, unique in the release: staging, production, ...
+    #[schemars(length(min = 1, max = 20), regex(pattern = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Namespace the stage's Deployments, Service and HTTPRoute live in (defaults to the release's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"))]
+    pub namespace: Option<String>,
+    /// Replicas in this stage (defaults to `spec.replicas`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub replicas: Option<i32>,
+    /// Whether the stage waits for a recorded approval before it starts.
+    #[serde(default)]
+    pub approval: bool,
+    /// Jobs that verify the stage once the new version is deployed there (e.g. the e2e suite),
+    /// run in order before traffic moves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub verify: Vec<HookJob>,
+    /// Traffic steps: the new version's share and how long to hold it. Empty means 100% at once.
+    /// Weights must increase and the last must be 100.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub steps: Vec<Step>,
+}
+
+/// One traffic step.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    /// Percentage of the stage's traffic sent to the new version, 1 to 100.
+    #[schemars(range(min = 1, max = 100))]
+    pub weight: i32,
+    /// How long to hold this weight before the next step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause: Option<Dur>,
+}
+
+/// How traffic moves between versions.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Traffic {
+    /// `GatewayAPI`: HTTPRoute backend weights (needs `gateway`). `ReplicaRatio`: no mesh, one
+    /// Service over both versions, the weight approximated by the ratio of Ready replicas.
+    #[serde(default)]
+    pub method: TrafficMethod,
+    /// The Gateway the HTTPRoute attaches to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayRef>,
+}
+
+impl Default for Traffic {
+    fn default() -> Self {
+        Traffic { method: TrafficMethod::ReplicaRatio, gateway: None }
+    }
+}
+
+/// The traffic method.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+pub enum TrafficMethod {
+    /// Gateway API HTTPRoute backend weights.
+    #[serde(rename = "GatewayAPI")]
+    GatewayApi,
+    /// Ratio of Ready replicas behind one Service.
+    #[default]
+    ReplicaRatio,
+}
+
+/// A Gateway API parent reference.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayRef {
+    /// Gateway name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Gateway namespace (defaults to each stage's namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// An approval recorded in git for one stage of one version.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Approval {
+    /// The stage approved.
+    #[schemars(length(min = 1))]
+    pub stage: String,
+    /// The version approved; an approval never carries over to another version.
+    #[schemars(length(min = 1))]
+    pub version: String,
+    /// Who approved.
+    #[schemars(length(min = 1))]
+    pub by: String,
+}
+
+impl LocallReleaseSpec {
+    /// The namespace of stage `i`, defaulting to the release's own.
+    pub fn stage_namespace<'a>(&'a self, i: usize, release_ns: &'a str) -> &'a str {
+        self.stages[i].namespace.as_deref().unwrap_or(release_ns)
+    }
+    pub fn stage_replicas(&self, i: usize) -> i32 {
+        self.stages[i].replicas.unwrap_or(self.replicas)
+    }
+}

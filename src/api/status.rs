@@ -1,0 +1,234 @@
+//! `LocallRelease.status`: the only state. A restarted operator resumes from it.
+
+use chrono::{DateTime, Utc};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Where the release stands. Written only by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LocallReleaseStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The release's phase.
+    #[serde(default)]
+    pub phase: Phase,
+    /// Human-readable summary of the current phase.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Revision (hash of version and pod template) of the release in progress or last finished.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub revision: String,
+    /// The version being released.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub candidate_version: String,
+    /// The last version that finished its release, serving traffic until the candidate takes over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable: Option<StableVersion>,
+    /// The stage in progress (its name).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stage: String,
+    /// Index of the stage in progress in `spec.stages`.
+    #[serde(default)]
+    pub stage_index: u32,
+    /// Index of the traffic step in progress in the stage's steps.
+    #[serde(default)]
+    pub step: u32,
+    /// Percentage of the current stage's traffic on the candidate.
+    #[serde(default)]
+    pub weight: i32,
+    /// How many stages (from the first) the candidate has been deployed to.
+    #[serde(default)]
+    pub candidate_stages: u32,
+    /// When the candidate became Ready in the current stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_ready_at: Option<DateTime<Utc>>,
+    /// When the current phase began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_started_at: Option<DateTime<Utc>>,
+    /// When the current traffic step's weight was reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_started_at: Option<DateTime<Utc>>,
+    /// Outcome of each preflight check.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preflight: Vec<CheckResult>,
+    /// Every Job this release ran, with its outcome and reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<JobRecord>,
+    /// Approvals recorded for this release.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<ApprovalRecord>,
+    /// The id of the backup taken before this release's migration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+    /// What happened when the release failed or rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    /// Kubernetes conditions: Ready, Reconciling, Stalled (kstatus semantics).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// The release's phase.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Phase {
+    /// Seen, nothing started yet.
+    #[default]
+    Pending,
+    /// Preflight checks, pre-deploy Jobs, backup and migration.
+    PreDeploy,
+    /// A stage before the last one (staging) is being deployed, verified and shifted.
+    Staging,
+    /// Waiting for a recorded approval before the next stage.
+    AwaitingApproval,
+    /// The last stage (production) is being deployed, verified and shifted.
+    Production,
+    /// At 100% in production, watched before it is declared good.
+    GoLive,
+    /// Done: the candidate is the stable version.
+    Succeeded,
+    /// Moving traffic back to the stable version and restoring what the release changed.
+    RollingBack,
+    /// Rolled back: the stable version serves all traffic again.
+    RolledBack,
+    /// Stopped before any traffic moved (a check or a Job failed, or the spec is invalid).
+    Failed,
+}
+
+impl Phase {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::RolledBack | Phase::Failed)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::PreDeploy => "PreDeploy",
+            Phase::Staging => "Staging",
+            Phase::AwaitingApproval => "AwaitingApproval",
+            Phase::Production => "Production",
+            Phase::GoLive => "GoLive",
+            Phase::Succeeded => "Succeeded",
+            Phase::RollingBack => "RollingBack",
+            Phase::RolledBack => "RolledBack",
+            Phase::Failed => "Failed",
+        }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The version serving traffic before this release.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StableVersion {
+    /// Its version string.
+    pub version: String,
+    /// Its revision (names its Deployments).
+    pub revision: String,
+}
+
+/// The outcome of one preflight check.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckResult {
+    /// What was checked, e.g. `secret demo/locall-db`.
+    pub name: String,
+    /// Whether it passed.
+    pub passed: bool,
+    /// Why it passed or failed.
+    pub message: String,
+}
+
+/// What a Job is for.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum JobKind {
+    PreDeploy,
+    Backup,
+    Migrate,
+    Verify,
+    PostDeploy,
+    Restore,
+}
+
+/// A Job's state as the operator last saw it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum JobState {
+    Running,
+    Succeeded,
+    Failed,
+}
+
+/// One Job of this release. Its name is deterministic, so it is never created twice.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRecord {
+    /// The hook's name, e.g. `tests`, `migrate`, `e2e`.
+    pub name: String,
+    /// What the Job is for.
+    pub kind: JobKind,
+    /// The stage it belongs to (verify Jobs).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stage: String,
+    /// The Job object's name.
+    pub job_name: String,
+    /// The Job object's namespace.
+    pub namespace: String,
+    /// Its state.
+    pub state: JobState,
+    /// The reason it ended as it did (from the Job's conditions).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// The message that came with it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// When the operator created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// An approval, as recorded.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApprovalRecord {
+    /// The stage approved.
+    pub stage: String,
+    /// Who approved.
+    pub by: String,
+    /// When the operator recorded it.
+    pub at: DateTime<Utc>,
+    /// Where it came from: `spec` (git) or `annotation` (kubectl locall approve).
+    pub source: String,
+}
+
+/// Why the release failed or rolled back, for the investigation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Failure {
+    /// Short machine-readable reason, e.g. `JobFailed`, `PreflightFailed`.
+    pub reason: String,
+    /// What failed, in words.
+    pub message: String,
+    /// The stage it failed in, if any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub stage: String,
+    /// When the failure was detected.
+    pub at: DateTime<Utc>,
+    /// Whether traffic had moved to the candidate when it failed.
+    #[serde(default)]
+    pub traffic_moved: bool,
+    /// When all traffic was back on the stable version (rollbacks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic_restored_at: Option<DateTime<Utc>>,
+    /// When the database restore finished (rollbacks after a schema change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database_restored_at: Option<DateTime<Utc>>,
+}

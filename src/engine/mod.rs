@@ -1,0 +1,141 @@
+//! The release engine: pure code, no client. `decide` takes the release (spec and status), an
+//! observed snapshot of its children and the time, and returns the next status, the desired
+//! state of the children, the Jobs to create, the Events to emit and when to look again.
+//! Whole releases are driven through it tick by tick in the tests, with no cluster.
+
+mod machine;
+pub mod names;
+pub mod traffic;
+pub mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use crate::api::{Approval, CheckResult, JobRecord, JobTemplate, LocallReleaseSpec, LocallReleaseStatus};
+use chrono::{DateTime, Utc};
+use std::{collections::BTreeMap, time::Duration};
+
+pub use machine::decide;
+
+/// The release as read from the API server.
+#[derive(Clone, Copy, Debug)]
+pub struct Release<'a> {
+    pub name: &'a str,
+    pub namespace: &'a str,
+    pub generation: Option<i64>,
+    pub spec: &'a LocallReleaseSpec,
+    pub status: &'a LocallReleaseStatus,
+}
+
+/// What the controller saw of the release's children this tick.
+#[derive(Clone, Debug, Default)]
+pub struct Observed {
+    /// Deployments labelled with the release, by (namespace, name).
+    pub deployments: BTreeMap<(String, String), DeploymentObs>,
+    /// Jobs labelled with the release, by (namespace, name).
+    pub jobs: BTreeMap<(String, String), JobObs>,
+    /// Preflight results, computed while the release is in Pending or PreDeploy.
+    pub preflight: Option<Vec<CheckResult>>,
+    /// The candidate's effective share of traffic (0-100) in each stage namespace, as routed now.
+    pub traffic: BTreeMap<String, i32>,
+    /// The approval granted through the `locall.io/approve` annotation, if any.
+    pub annotation_approval: Option<Approval>,
+}
+
+/// A Deployment's progress.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeploymentObs {
+    pub replicas: i32,
+    pub ready: i32,
+    pub updated: i32,
+    /// The Deployment controller has seen its latest spec.
+    pub current: bool,
+}
+
+/// A Job's state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobObs {
+    Running,
+    Succeeded,
+    Failed { reason: String, message: String },
+}
+
+/// The engine's answer for one tick.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    pub status: LocallReleaseStatus,
+    pub desired: Desired,
+    pub jobs: Vec<JobToCreate>,
+    pub events: Vec<EventOut>,
+    /// When to look again; `None` waits for a change.
+    pub requeue: Option<Duration>,
+}
+
+/// The children the release should have now.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Desired {
+    pub stages: Vec<StageDesired>,
+}
+
+/// One stage's Deployments and traffic.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StageDesired {
+    pub index: usize,
+    pub name: String,
+    pub namespace: String,
+    pub replicas: i32,
+    pub deployments: Vec<DeploymentDesired>,
+    /// `None` until the stage has a version to route to.
+    pub traffic: Option<TrafficTarget>,
+}
+
+/// One revision's Deployment in a stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeploymentDesired {
+    pub revision: String,
+    pub version: String,
+    pub replicas: i32,
+    /// Built from the current spec (the candidate); otherwise only its replicas are managed,
+    /// since the spec no longer holds an older version's template.
+    pub from_spec: bool,
+}
+
+/// Where a stage's traffic should go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrafficTarget {
+    pub stable: Option<String>,
+    pub candidate: Option<String>,
+    /// The candidate's share, 0-100.
+    pub weight: i32,
+    /// Replicas of the stable version (for the replica-ratio router).
+    pub stable_replicas: i32,
+    /// Replicas of the candidate.
+    pub candidate_replicas: i32,
+}
+
+/// A Job to create; its name is deterministic.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobToCreate {
+    pub record: JobRecord,
+    pub template: JobTemplate,
+    pub backup_id: Option<String>,
+}
+
+/// An Event about the release.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventOut {
+    pub warning: bool,
+    pub reason: String,
+    pub message: String,
+}
+
+/// Seconds to wait between looks while something is in flight (watches usually wake us sooner).
+pub const POLL: Duration = Duration::from_secs(5);
+/// How long a Deployment may take to become Ready, or traffic to shift, before the release fails.
+pub const PROGRESS_DEADLINE: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+/// How long a created Job may stay invisible before it counts as missing.
+pub const JOB_MISSING_AFTER: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+pub(crate) fn now_plus(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}

@@ -1,0 +1,79 @@
+//! Deterministic names: the same release revision always gives the same Deployment, Service and
+//! Job names, which is what makes a restarted operator never create a Job twice.
+
+use crate::api::LocallReleaseSpec;
+use sha2::{Digest, Sha256};
+
+/// Revision of a spec: a short hash of what defines a release (its version and pod template).
+/// Changing either starts a new release; other spec edits apply to the release in progress.
+pub fn revision(spec: &LocallReleaseSpec) -> String {
+    let mut h = Sha256::new();
+    h.update(spec.version.as_bytes());
+    h.update([0]);
+    h.update(serde_json::to_vec(&spec.template).unwrap_or_default());
+    hex8(&h.finalize())
+}
+
+fn hex8(bytes: &[u8]) -> String {
+    bytes.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+/// A DNS-1123 label of at most `max` characters built from `parts`: when too long, the release
+/// part is cut and a hash of the whole name keeps it unique.
+fn label(parts: &[&str], max: usize) -> String {
+    let full = parts.join("-");
+    if full.len() <= max {
+        return full;
+    }
+    let mut h = Sha256::new();
+    h.update(full.as_bytes());
+    let suffix = hex8(&h.finalize());
+    let keep = max - suffix.len() - 1;
+    let cut: String = full.chars().take(keep).collect();
+    format!("{}-{suffix}", cut.trim_end_matches('-'))
+}
+
+/// The Deployment of one revision of a release (in each stage namespace).
+pub fn deployment(release: &str, revision: &str) -> String {
+    label(&[release, revision], 63)
+}
+
+/// The Service that selects one revision's pods (Gateway API backends).
+pub fn revision_service(release: &str, revision: &str) -> String {
+    label(&[release, revision], 63)
+}
+
+/// The Service (and HTTPRoute) that is the release's entry point in a stage.
+pub fn entry_service(release: &str) -> String {
+    label(&[release], 63)
+}
+
+/// A Job of this release. Job names become a pod label, hence at most 63 characters.
+pub fn job(release: &str, revision: &str, suffix: &str) -> String {
+    label(&[release, revision, suffix], 63)
+}
+
+/// The value of the `locall.io/release` label on every child: `<namespace>.<name>`.
+pub fn release_label(namespace: &str, name: &str) -> String {
+    let v = format!("{namespace}.{name}");
+    if v.len() <= 63 {
+        v
+    } else {
+        label(&[namespace, name], 63)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_stable_and_bounded() {
+        assert_eq!(job("locall-api", "0a1b2c3d", "migrate"), "locall-api-0a1b2c3d-migrate");
+        let long = "x".repeat(80);
+        let n = job(&long, "0a1b2c3d", "verify-e2e");
+        assert!(n.len() <= 63, "{n}");
+        assert_eq!(n, job(&long, "0a1b2c3d", "verify-e2e"));
+        assert_ne!(n, job(&long, "0a1b2c3d", "verify-e2f"));
+    }
+}

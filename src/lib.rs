@@ -1,0 +1,9 @@
+//! locall-operator: carries a Locall release from pre-deployment checks through staging into
+//! production, with approvals, progressive traffic and rollback.
+//!
+//! Data flows one way: watch -> `controller::observe` -> `engine::decide` (pure) ->
+//! `controller::act` -> status.
+
+pub mod api;
+pub mod engine;
+pub mod sim;

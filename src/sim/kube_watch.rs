@@ -1,0 +1,124 @@
+//! Reflectors keeping Pods, Services and HTTPRoutes of all namespaces in memory.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, DynamicObject, ListParams};
+use kube::runtime::reflector::{self, store::Writer, Store};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Client, Resource};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use super::model::Snapshot;
+use super::snapshot::{build_snapshot, httproute_resource};
+
+/// How long to wait before checking again whether the HTTPRoute CRD exists.
+const ROUTE_DISCOVERY_RETRY: Duration = Duration::from_secs(30);
+
+/// Running reflectors and read handles on their stores.
+pub struct Watchers {
+    pods: Store<Pod>,
+    services: Store<Service>,
+    routes: Store<DynamicObject>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Watchers {
+    /// Starts watching Pods, Services and HTTPRoutes in all namespaces.
+    pub fn start(client: Client) -> Self {
+        let (pods, pod_writer) = reflector::store();
+        let (services, service_writer) = reflector::store();
+        let route_writer = Writer::new(httproute_resource());
+        let routes = route_writer.as_reader();
+        let tasks = vec![
+            tokio::spawn(reflect(Api::<Pod>::all(client.clone()), pod_writer)),
+            tokio::spawn(reflect(Api::<Service>::all(client.clone()), service_writer)),
+            tokio::spawn(watch_routes(client, route_writer)),
+        ];
+        Self { pods, services, routes, tasks }
+    }
+
+    /// The model snapshot of the stores' current contents.
+    pub fn snapshot(&self) -> Snapshot {
+        build_snapshot(&self.pods.state(), &self.services.state(), &self.routes.state())
+    }
+
+    /// Stops the reflectors.
+    pub fn stop(self) {
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Drives a reflector for `api` forever, logging (and backing off on) errors.
+async fn reflect<K>(api: Api<K>, writer: Writer<K>)
+where
+    K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let kind = K::kind(&()).to_string();
+    let stream = watcher(api, watcher::Config::default()).default_backoff().modify(|obj: &mut K| obj.meta_mut().managed_fields = None);
+    let mut stream = std::pin::pin!(reflector::reflector(writer, stream));
+    while let Some(event) = stream.next().await {
+        if let Err(e) = event {
+            warn!(%kind, error = %e, "watch error (retrying)");
+        }
+    }
+}
+
+fn is_not_found(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s))
+        | watcher::Error::WatchError(s) => s.is_not_found(),
+        _ => false,
+    }
+}
+
+/// Empties a store (as if the watch restarted and listed nothing).
+fn clear(writer: &mut Writer<DynamicObject>) {
+    writer.apply_watcher_event(&watcher::Event::Init);
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+}
+
+/// Watches HTTPRoutes while their CRD is installed; without it, logs once and
+/// checks again every [`ROUTE_DISCOVERY_RETRY`] with an empty store.
+async fn watch_routes(client: Client, mut writer: Writer<DynamicObject>) {
+    let api: Api<DynamicObject> = Api::all_with(client, &httproute_resource());
+    let mut reported_missing = false;
+    loop {
+        match api.list(&ListParams::default().limit(1)).await {
+            Ok(_) => {
+                if reported_missing {
+                    info!("HTTPRoute CRD found; watching HTTPRoutes");
+                    reported_missing = false;
+                }
+                let stream = watcher(api.clone(), watcher::Config::default()).default_backoff();
+                let mut stream = std::pin::pin!(stream);
+                while let Some(event) = stream.next().await {
+                    match event {
+                        Ok(event) => writer.apply_watcher_event(&event),
+                        Err(e) if is_not_found(&e) => break,
+                        Err(e) => warn!(kind = "HTTPRoute", error = %e, "watch error (retrying)"),
+                    }
+                }
+                clear(&mut writer);
+            }
+            Err(kube::Error::Api(s)) if s.is_not_found() => {
+                if !reported_missing {
+                    info!("HTTPRoute CRD (gateway.networking.k8s.io/v1) not installed; continuing without routes");
+                    reported_missing = true;
+                }
+                clear(&mut writer);
+                tokio::time::sleep(ROUTE_DISCOVERY_RETRY).await;
+            }
+            Err(e) => {
+                warn!(error = %e, "listing HTTPRoutes failed; retrying");
+                tokio::time::sleep(ROUTE_DISCOVERY_RETRY).await;
+            }
+        }
+    }
+}

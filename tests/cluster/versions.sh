@@ -1,0 +1,11 @@
+# Versions of the local test cluster's parts, and where their builds are cached (outside the repo).
+# Sourced by build, up and down. Changing a version changes the cache key, so it is rebuilt.
+K8S_VERSION=v1.34.4
+ETCD_VERSION=v3.6.16
+KWOK_VERSION=v0.8.0
+GATEWAY_API_VERSION=v1.7.0
+LOCALL_CACHE=${LOCALL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/locall-operator}
+K8S_BIN=$LOCALL_CACHE/cluster/k8s-$K8S_VERSION
+ETCD_BIN=$LOCALL_CACHE/cluster/etcd-$ETCD_VERSION
+KWOK_BIN=$LOCALL_CACHE/cluster/kwok-$KWOK_VERSION
+GATEWAY_DIR=$LOCALL_CACHE/cluster/gateway-api-$GATEWAY_API_VERSION

@@ -1,0 +1,121 @@
+//! Shared by the end-to-end suites: one local cluster for all tests (started by
+//! `tests/cluster/up` if it is not up yet), a namespace per test, Prometheus queries and waits.
+#![allow(dead_code)]
+
+use kube::{
+    api::{Api, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    Client, Config,
+};
+use std::{collections::HashMap, future::Future, path::PathBuf, process::Command, sync::OnceLock, time::Duration};
+
+/// Where the local cluster is and how to reach it.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    pub kubeconfig: PathBuf,
+    pub prometheus_url: String,
+    pub dir: PathBuf,
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shared local cluster, brought up on first use (idempotent).
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let dir = std::env::var("LOCALL_CLUSTER_DIR").map(PathBuf::from).unwrap_or_else(|_| repo().join("target/cluster"));
+        let status = Command::new(repo().join("tests/cluster/up")).env("LOCALL_CLUSTER_DIR", &dir).status().expect("run tests/cluster/up");
+        assert!(status.success(), "tests/cluster/up failed; see {}/logs", dir.display());
+        let env = std::fs::read_to_string(dir.join("env")).expect("target/cluster/env");
+        let vars: HashMap<String, String> = env
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Cluster { kubeconfig: PathBuf::from(&vars["KUBECONFIG"]), prometheus_url: vars["PROMETHEUS_URL"].clone(), dir }
+    })
+}
+
+/// A client for the local cluster as its admin.
+pub async fn client() -> Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let c = cluster();
+    let kc = Kubeconfig::read_from(&c.kubeconfig).expect("read kubeconfig");
+    let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig");
+    Client::try_from(config).expect("client")
+}
+
+/// Creates a fresh namespace for one test: `<prefix>-<random>`.
+pub async fn namespace(client: &Client, prefix: &str) -> String {
+    use k8s_openapi::api::core::v1::Namespace;
+    let name = format!("{prefix}-{:06x}", rand::random::<u32>() & 0xffffff);
+    let ns: Namespace =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name, "labels": {"locall.io/test": prefix}}})).unwrap();
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
+    name
+}
+
+/// Creates any object from YAML or JSON in a namespace through the dynamic API.
+pub async fn apply_yaml(client: &Client, ns: &str, yaml: &str) {
+    use kube::{
+        api::{DynamicObject, Patch, PatchParams},
+        discovery::Discovery,
+    };
+    let discovery = Discovery::new(client.clone()).run().await.expect("discovery");
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let v: serde_json::Value = serde::Deserialize::deserialize(doc).expect("yaml");
+        if v.is_null() {
+            continue;
+        }
+        let obj: DynamicObject = serde_json::from_value(v).expect("object");
+        let tm = obj.types.clone().expect("apiVersion and kind");
+        let gvk = kube::api::GroupVersionKind::try_from(&tm).expect("gvk");
+        let (ar, caps) = discovery.resolve_gvk(&gvk).unwrap_or_else(|| panic!("unknown kind {gvk:?}"));
+        let api: Api<DynamicObject> = if caps.scope == kube::discovery::Scope::Namespaced {
+            Api::namespaced_with(client.clone(), obj.metadata.namespace.as_deref().unwrap_or(ns), &ar)
+        } else {
+            Api::all_with(client.clone(), &ar)
+        };
+        let name = obj.metadata.name.clone().expect("name");
+        api.patch(&name, &PatchParams::apply("locall-tests").force(), &Patch::Apply(&obj))
+            .await
+            .unwrap_or_else(|e| panic!("apply {name}: {e}"));
+    }
+}
+
+/// Polls `check` every 500 ms until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Runs an instant query against the local Prometheus: each series' labels and value.
+pub async fn prom_query(query: &str) -> Vec<(HashMap<String, String>, f64)> {
+    let client = prometheus_http_query::Client::try_from(cluster().prometheus_url.as_str()).expect("prometheus url");
+    let res = match client.query(query).get().await {
+        Ok(r) => r,
+        Err(_) => return vec![],
+    };
+    res.data().as_vector().map(|v| v.iter().map(|s| (s.metric().clone(), s.sample().value())).collect()).unwrap_or_default()
+}
+
+/// kubectl against the local cluster; returns (success, stdout, stderr).
+pub fn kubectl(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("kubectl").arg("--kubeconfig").arg(&cluster().kubeconfig).args(args).output().expect("run kubectl");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
