@@ -5,5 +5,8 @@
 //! `controller::act` -> status.
 
 pub mod api;
+pub mod controller;
 pub mod engine;
 pub mod sim;
+pub mod telemetry;
+pub mod traffic;

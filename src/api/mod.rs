@@ -1,6 +1,7 @@
 //! The LocallRelease API, declared once; `crdgen` writes `crds/locallreleases.yaml` from it.
 
 pub mod conditions;
+pub mod crd;
 pub mod duration;
 pub mod spec;
 pub mod status;

@@ -31,6 +31,7 @@ use std::collections::BTreeMap;
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.stages.all(s, self.stages.exists_one(t, t.name == s.name))").message("stages: stage names must be unique").field_path(".stages"))]
 #[x_kube(validation = Rule::new("self.traffic.method != 'GatewayAPI' || has(self.traffic.gateway)").message("traffic.gateway is required when traffic.method is GatewayAPI").field_path(".traffic.gateway"))]
+#[x_kube(validation = Rule::new("!has(self.approvals) || self.approvals.all(a, self.stages.exists(s, s.name == a.stage))").message("approvals: every approval must name a stage of this release").field_path(".approvals"))]
 #[x_kube(validation = Rule::new("self.traffic.method != 'ReplicaRatio' || !has(self.traffic.gateway)").message("traffic.gateway must not be set when traffic.method is ReplicaRatio").field_path(".traffic.gateway"))]
 pub struct LocallReleaseSpec {
     /// The application version this release rolls out, e.g. "2.4.0". Shown as the Version column.
@@ -143,7 +144,8 @@ pub struct TlsCheck {
 /// Jobs run around the deployment.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.preDeploy.all(j, self.preDeploy.exists_one(k, k.name == j.name))").message("hooks.preDeploy: Job names must be unique").field_path(".preDeploy"))]
+#[x_kube(validation = Rule::new("!has(self.preDeploy) || self.preDeploy.all(j, self.preDeploy.exists_one(k, k.name == j.name))").message("hooks.preDeploy: Job names must be unique").field_path(".preDeploy"))]
+#[x_kube(validation = Rule::new("!has(self.postDeploy) || self.postDeploy.all(j, self.postDeploy.exists_one(k, k.name == j.name))").message("hooks.postDeploy: Job names must be unique").field_path(".postDeploy"))]
 pub struct Hooks {
     /// Run in order before the migration: tests, cache clear, ...
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -161,6 +163,7 @@ pub struct Hooks {
 /// The migration step of a release.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!self.changesSchema || has(self.restore)").message("a migration that changes the schema needs a restore Job for rollbacks").field_path(".restore"))]
 pub struct Migration {
     /// Whether this migration changes the database schema. When true, a rollback after the
     /// migration ran restores the backup taken just before it.
@@ -221,8 +224,9 @@ pub struct JobTemplate {
 /// One stage of the release, e.g. staging or production.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.steps.size() == 0 || self.steps[self.steps.size() - 1].weight == 100").message("the last step's weight must be 100").field_path(".steps"))]
-#[x_kube(validation = Rule::new("self.steps.size() < 2 || self.steps.all(s, self.steps.filter(t, t.weight == s.weight).size() == 1)").message("step weights must not repeat").field_path(".steps"))]
+#[x_kube(validation = Rule::new("!has(self.steps) || self.steps.size() == 0 || self.steps[self.steps.size() - 1].weight == 100").message("the last step's weight must be 100").field_path(".steps"))]
+#[x_kube(validation = Rule::new("!has(self.steps) || self.steps.size() < 2 || self.steps.all(s, self.steps.filter(t, t.weight == s.weight).size() == 1)").message("step weights must not repeat").field_path(".steps"))]
+#[x_kube(validation = Rule::new("!has(self.verify) || self.verify.all(j, self.verify.exists_one(k, k.name == j.name))").message("verify Job names must be unique").field_path(".verify"))]
 pub struct Stage {
     /// Stage name, unique in the release: staging, production, ...
     #[schemars(length(min = 1, max = 20), regex(pattern = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"))]

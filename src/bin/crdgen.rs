@@ -1,6 +1,7 @@
 //! Prints the LocallRelease CRD as YAML: `cargo run --bin crdgen > crds/locallreleases.yaml`.
-use kube::CustomResourceExt;
+//! Upstream descriptions inside the embedded pod template are dropped (see `api::crd`), so the
+//! file stays small enough for a client-side `kubectl apply`.
 
 fn main() {
-    print!("{}", serde_yaml::to_string(&locall_operator::api::LocallRelease::crd()).expect("CRD serializes"));
+    print!("{}", locall_operator::api::crd::crd_yaml());
 }

@@ -119,3 +119,93 @@ pub fn kubectl(args: &[&str]) -> (bool, String, String) {
     let out = Command::new("kubectl").arg("--kubeconfig").arg(&cluster().kubeconfig).args(args).output().expect("run kubectl");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
+
+/// Installs (or updates) the LocallRelease CRD from crds/ and waits until it is served.
+pub async fn install_crd() {
+    static DONE: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    DONE.get_or_init(|| async {
+        let path = repo().join("crds/locallreleases.yaml");
+        let (ok, _, err) =
+            kubectl(&["apply", "--server-side", "--force-conflicts", "--field-manager", "locall-tests", "-f", path.to_str().unwrap()]);
+        assert!(ok, "install CRD: {err}");
+        let (ok, _, err) = kubectl(&["wait", "--for", "condition=Established", "--timeout", "30s", "crd/locallreleases.locall.io"]);
+        assert!(ok, "CRD established: {err}");
+    })
+    .await;
+}
+
+/// A running operator process (the crate's binary), killed when dropped or when the test exits.
+pub struct Operator {
+    pub child: std::process::Child,
+    pub metrics_addr: String,
+}
+
+impl Operator {
+    /// Starts `locall-operator` against the local cluster, reconciling the releases that match
+    /// `selector`. Its log goes to target/cluster/logs/operator-<tag>.log.
+    pub fn start(tag: &str, selector: &str) -> Operator {
+        let c = cluster();
+        let port = free_port();
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(c.dir.join(format!("logs/operator-{tag}.log"))).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_locall-operator"));
+        cmd.env("KUBECONFIG", &c.kubeconfig)
+            .env("RUST_LOG", "info,kube=warn")
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}"), "--release-selector", selector, "--log-format", "json"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = spawn_tied_to_process(cmd);
+        Operator { child, metrics_addr: format!("127.0.0.1:{port}") }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The operator shared by the tests of one test binary: it reconciles every release not
+/// labelled `locall.io/operator` (tests that need their own operator set that label).
+pub fn shared_operator() {
+    static OP: OnceLock<std::sync::Mutex<Operator>> = OnceLock::new();
+    OP.get_or_init(|| std::sync::Mutex::new(Operator::start("shared", "!locall.io/operator")));
+}
+
+/// Spawns `cmd` so that it dies with the test process. PR_SET_PDEATHSIG fires when the thread
+/// that forked exits, so every child is forked by one spawner thread that lives as long as the
+/// process.
+fn spawn_tied_to_process(mut cmd: Command) -> std::process::Child {
+    use std::{os::unix::process::CommandExt, sync::mpsc};
+    type Request = (Command, mpsc::Sender<std::process::Child>);
+    static SPAWNER: OnceLock<std::sync::Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+    let tx = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::spawn(move || {
+            for (mut cmd, reply) in rx {
+                unsafe {
+                    cmd.pre_exec(|| {
+                        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                        Ok(())
+                    });
+                }
+                let _ = reply.send(cmd.spawn().expect("spawn"));
+            }
+        });
+        std::sync::Mutex::new(tx)
+    });
+    let (reply, child) = mpsc::channel();
+    cmd.stdin(std::process::Stdio::null());
+    tx.lock().unwrap().send((cmd, reply)).expect("spawner alive");
+    child.recv().expect("spawned")
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

@@ -1,0 +1,123 @@
+//! Act: make the children match the engine's desired state. Every write goes through server-side
+//! apply with one field manager, and nothing unchanged is written again.
+
+use super::{build, Context, Error};
+use crate::{
+    api::{LocallRelease, Phase},
+    engine::{names, Decision},
+    traffic::{Router, MANAGER},
+};
+use k8s_openapi::api::{apps::v1::Deployment, batch::v1::Job};
+use kube::{
+    api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy},
+    ResourceExt,
+};
+use std::collections::BTreeSet;
+
+/// Applies a decision's Jobs, Deployments and traffic. Returns the number of traffic writes.
+pub async fn act(ctx: &Context, lr: &LocallRelease, d: &Decision, router: Router) -> Result<u32, Error> {
+    // Jobs first: their names are deterministic, so a Job that already exists is simply adopted.
+    for j in &d.jobs {
+        let api: Api<Job> = Api::namespaced(ctx.client.clone(), &j.record.namespace);
+        match api.create(&PostParams::default(), &build::job(lr, j)).await {
+            Ok(_) => {
+                ctx.metrics.writes.inc();
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(Error::Act("create Job", e)),
+        };
+    }
+    let rolling_back = matches!(d.status.phase, Phase::RollingBack);
+    let mut traffic_writes = 0;
+    if rolling_back {
+        traffic_writes += apply_traffic(ctx, lr, d, router).await?;
+    }
+    apply_deployments(ctx, lr, d).await?;
+    if !rolling_back {
+        traffic_writes += apply_traffic(ctx, lr, d, router).await?;
+    }
+    if d.status.phase.is_terminal() && lr.status.as_ref().map(|s| s.phase) != Some(d.status.phase) {
+        remove_stale_services(ctx, lr, d).await?;
+    }
+    Ok(traffic_writes)
+}
+
+/// Once a release ends, per-revision Services of versions no longer routed to are removed.
+async fn remove_stale_services(ctx: &Context, lr: &LocallRelease, d: &Decision) -> Result<(), Error> {
+    use k8s_openapi::api::core::v1::Service;
+    let sel = format!("{}={}", crate::api::labels::RELEASE, names::release_label(&lr.namespace().unwrap_or_default(), &lr.name_any()));
+    for stage in &d.desired.stages {
+        let keep: BTreeSet<String> = stage.traffic.iter().flat_map(|t| t.stable.iter().chain(t.candidate.iter()).cloned()).collect();
+        let api: Api<Service> = Api::namespaced(ctx.client.clone(), &stage.namespace);
+        let list = api.list(&kube::api::ListParams::default().labels(&sel)).await.map_err(|e| Error::Act("list Services", e))?;
+        for svc in list {
+            let Some(rev) = svc.labels().get(crate::api::labels::REVISION) else { continue };
+            if !keep.contains(rev) {
+                match api.delete(&svc.name_any(), &DeleteParams::default()).await {
+                    Ok(_) => ctx.metrics.writes.inc(),
+                    Err(kube::Error::Api(e)) if e.code == 404 => 0,
+                    Err(e) => return Err(Error::Act("delete Service", e)),
+                };
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn apply_traffic(ctx: &Context, lr: &LocallRelease, d: &Decision, router: Router) -> Result<u32, Error> {
+    let mut writes = 0;
+    for stage in &d.desired.stages {
+        writes += router.apply(&ctx.client, lr, stage).await.map_err(|e| Error::Act("route traffic", e))?;
+    }
+    ctx.metrics.writes.inc_by(writes as u64);
+    Ok(writes)
+}
+
+async fn apply_deployments(ctx: &Context, lr: &LocallRelease, d: &Decision) -> Result<(), Error> {
+    let release = lr.name_any();
+    let observed = super::observe::deployments(&ctx.deployments, lr);
+    let mut wanted = BTreeSet::new();
+    for stage in &d.desired.stages {
+        let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &stage.namespace);
+        for dep in &stage.deployments {
+            let name = names::deployment(&release, &dep.revision);
+            wanted.insert((stage.namespace.clone(), name.clone()));
+            let current =
+                ctx.deployments.state().into_iter().find(|x| x.name_any() == name && x.namespace().as_deref() == Some(&stage.namespace));
+            if dep.from_spec {
+                let (obj, hash) = build::stamp(build::deployment(lr, stage, dep));
+                if current.as_ref().is_some_and(|c| c.annotations().get(build::APPLIED_HASH) == Some(&hash)) {
+                    continue;
+                }
+                let mut body = serde_json::to_value(&obj).unwrap_or_default();
+                body["apiVersion"] = "apps/v1".into();
+                body["kind"] = "Deployment".into();
+                api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
+                    .await
+                    .map_err(|e| Error::Act("apply Deployment", e))?;
+                ctx.metrics.writes.inc();
+            } else if observed.get(&(stage.namespace.clone(), name.clone())).is_some_and(|o| o.replicas != dep.replicas) {
+                // An older version's Deployment: its template is not in the spec any more, so
+                // only its size is managed.
+                let patch = serde_json::json!({"spec": {"replicas": dep.replicas}});
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(|e| Error::Act("scale Deployment", e))?;
+                ctx.metrics.writes.inc();
+            }
+        }
+    }
+    // Anything else of this release goes: superseded candidates, the old stable after success.
+    for (ns, name) in observed.keys() {
+        if !wanted.contains(&(ns.clone(), name.clone())) {
+            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+            let dp = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
+            match api.delete(name, &dp).await {
+                Ok(_) => {
+                    ctx.metrics.writes.inc();
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(Error::Act("delete Deployment", e)),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,33 @@
+//! The finalizer's work: children can live in other namespaces than the release (so owner
+//! references cannot collect them); they are found by label and deleted.
+
+use crate::{api::labels, api::LocallRelease, engine::names, traffic::gateway::httproute_resource};
+use k8s_openapi::api::{apps::v1::Deployment, batch::v1::Job, core::v1::Service};
+use kube::{
+    api::{Api, DeleteParams, DynamicObject, ListParams, PropagationPolicy},
+    Client, ResourceExt,
+};
+
+pub async fn children(client: &Client, lr: &LocallRelease) -> Result<(), super::Error> {
+    let sel = format!("{}={}", labels::RELEASE, names::release_label(&lr.namespace().unwrap_or_default(), &lr.name_any()));
+    let lp = ListParams::default().labels(&sel);
+    let dp = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
+    let err = |e| super::Error::Act("cleanup", e);
+    for d in Api::<Deployment>::all(client.clone()).list(&lp).await.map_err(err)? {
+        let _ = Api::<Deployment>::namespaced(client.clone(), &d.namespace().unwrap_or_default()).delete(&d.name_any(), &dp).await;
+    }
+    for j in Api::<Job>::all(client.clone()).list(&lp).await.map_err(err)? {
+        let _ = Api::<Job>::namespaced(client.clone(), &j.namespace().unwrap_or_default()).delete(&j.name_any(), &dp).await;
+    }
+    for s in Api::<Service>::all(client.clone()).list(&lp).await.map_err(err)? {
+        let _ = Api::<Service>::namespaced(client.clone(), &s.namespace().unwrap_or_default()).delete(&s.name_any(), &dp).await;
+    }
+    let routes: Api<DynamicObject> = Api::all_with(client.clone(), &httproute_resource());
+    if let Ok(list) = routes.list(&lp).await {
+        for r in list {
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &r.namespace().unwrap_or_default(), &httproute_resource());
+            let _ = api.delete(&r.name_any(), &dp).await;
+        }
+    }
+    Ok(())
+}

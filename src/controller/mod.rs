@@ -1,0 +1,254 @@
+//! The thin I/O layer: watch -> observe -> `engine::decide` -> act -> status.
+
+pub mod act;
+pub mod build;
+pub mod cleanup;
+pub mod observe;
+pub mod preflight;
+
+use crate::{
+    api::{conditions, LocallRelease, LocallReleaseStatus, Phase},
+    engine::{self, names, Observed, Release, StageDesired, TrafficTarget},
+    telemetry::Metrics,
+    traffic::{Router, MANAGER},
+};
+use chrono::Utc;
+use futures::StreamExt;
+use k8s_openapi::api::{apps::v1::Deployment, batch::v1::Job};
+use kube::{
+    api::{Api, Patch, PatchParams},
+    runtime::{
+        controller::{Action, Controller},
+        events::{Event, EventType, Recorder, Reporter},
+        finalizer::{finalizer, Event as Finalizer},
+        reflector::{self, ObjectRef, Store},
+        watcher, WatchStreamExt,
+    },
+    Client, Resource, ResourceExt,
+};
+use std::{sync::Arc, time::Duration};
+use tracing::{info, instrument, warn};
+
+/// The finalizer that removes a release's children, wherever they live.
+pub const FINALIZER: &str = "locall.io/cleanup";
+
+/// What a reconcile needs: the client, the watch caches, the event recorder, the metrics.
+pub struct Context {
+    pub client: Client,
+    pub deployments: Store<Deployment>,
+    pub jobs: Store<Job>,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Each step of a reconcile fails with its own variant, so an error says where it happened.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("observe: {0}")]
+    Observe(&'static str, #[source] kube::Error),
+    #[error("act ({0}): {1}")]
+    Act(&'static str, #[source] kube::Error),
+    #[error("write status: {0}")]
+    Status(#[source] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// A write refused because the object changed meanwhile: retry from fresh state, soon.
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Status(kube::Error::Api(e)) if e.code == 409)
+    }
+}
+
+/// Runs the controller until a shutdown signal.
+pub async fn run(
+    client: Client,
+    metrics: Arc<Metrics>,
+    release_selector: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let selector = watcher::Config::default().labels(&format!("{}={}", crate::api::labels::MANAGED_BY, crate::api::labels::MANAGER));
+    let (deployments, dep_writer) = reflector::store::<Deployment>();
+    let (jobs, job_writer) = reflector::store::<Job>();
+    let dep_stream = reflector::reflector(dep_writer, watcher(Api::<Deployment>::all(client.clone()), selector.clone()))
+        .default_backoff()
+        .applied_objects();
+    let job_stream =
+        reflector::reflector(job_writer, watcher(Api::<Job>::all(client.clone()), selector)).default_backoff().applied_objects();
+    let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        deployments,
+        jobs,
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics: metrics.clone(),
+    });
+    let releases = Api::<LocallRelease>::all(client.clone());
+    let mut wc = watcher::Config::default().any_semantic();
+    if let Some(sel) = release_selector.as_deref().filter(|s| !s.is_empty()) {
+        wc = wc.labels(sel);
+    }
+    Controller::new(releases, wc)
+        .watches_stream(dep_stream, owner_of)
+        .watches_stream(job_stream, owner_of)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                warn!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+/// Maps a labelled child (in any namespace) back to its release.
+fn owner_of<K: Resource>(child: K) -> Option<ObjectRef<LocallRelease>> {
+    let v = child.meta().labels.as_ref()?.get(crate::api::labels::RELEASE)?;
+    let (ns, name) = v.split_once('.')?;
+    Some(ObjectRef::new(name).within(ns))
+}
+
+fn error_policy(_lr: Arc<LocallRelease>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_error();
+    if err.is_conflict() {
+        Action::requeue(Duration::from_millis(200))
+    } else {
+        Action::requeue(Duration::from_secs(5))
+    }
+}
+
+#[instrument(skip_all, fields(release = %format!("{}/{}", lr.namespace().unwrap_or_default(), lr.name_any())))]
+async fn reconcile(lr: Arc<LocallRelease>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let api: Api<LocallRelease> = Api::namespaced(ctx.client.clone(), &lr.namespace().unwrap_or_default());
+    let res = finalizer(&api, FINALIZER, lr, |event| async {
+        match event {
+            Finalizer::Apply(lr) => reconcile_release(&lr, &ctx).await,
+            Finalizer::Cleanup(lr) => cleanup::children(&ctx.client, &lr).await.map(|_| Action::await_change()),
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconcile_done(started.elapsed(), res.is_ok());
+    res
+}
+
+async fn reconcile_release(lr: &LocallRelease, ctx: &Context) -> Result<Action, Error> {
+    let router = Router::for_method(lr.spec.traffic.method);
+    let original = lr.status.clone().unwrap_or_default();
+    let mut status = original.clone();
+    let mut events = Vec::new();
+    let mut decision;
+    let mut pass = 0;
+    loop {
+        pass += 1;
+        let obs = observe(ctx, lr, &status, router).await?;
+        let r = Release {
+            name: &lr.name_any(),
+            namespace: &lr.namespace().unwrap_or_default(),
+            generation: lr.metadata.generation,
+            spec: &lr.spec,
+            status: &status,
+        };
+        decision = engine::decide(r, &obs, Utc::now());
+        let traffic_writes = act::act(ctx, lr, &decision, router).await?;
+        events.append(&mut decision.events);
+        status = decision.status.clone();
+        // Traffic moved: read it back at once, so the engine verifies it in this reconcile.
+        if traffic_writes == 0 || pass >= 3 || status.phase.is_terminal() {
+            break;
+        }
+    }
+    if let Err(msg) = observe::annotation_approval(lr) {
+        events.push(engine::EventOut { warning: true, reason: "InvalidAnnotation".into(), message: msg });
+    }
+    if status != original {
+        write_status(ctx, lr, &status).await?;
+    }
+    publish(ctx, lr, &events).await;
+    ctx.metrics.observe_release(lr, &status);
+    if original.phase != status.phase {
+        info!(from = %original.phase, to = %status.phase, message = %status.message, "phase changed");
+    }
+    Ok(match decision.requeue {
+        Some(d) => Action::requeue(d.max(Duration::from_millis(100))),
+        None if status.phase.is_terminal() => Action::await_change(),
+        None => Action::requeue(Duration::from_secs(60)),
+    })
+}
+
+/// The engine's snapshot for this release.
+async fn observe(ctx: &Context, lr: &LocallRelease, status: &LocallReleaseStatus, router: Router) -> Result<Observed, Error> {
+    let mut obs = Observed {
+        deployments: observe::deployments(&ctx.deployments, lr),
+        jobs: observe::jobs(&ctx.jobs, lr),
+        annotation_approval: observe::annotation_approval(lr).ok().flatten(),
+        ..Default::default()
+    };
+    let revision = names::revision(&lr.spec);
+    let new_release = status.revision != revision;
+    if new_release || matches!(status.phase, Phase::Pending | Phase::PreDeploy) {
+        obs.preflight = Some(preflight::run(&ctx.client, lr, Utc::now()).await.map_err(|e| Error::Observe("preflight", e))?);
+    }
+    if !status.phase.is_terminal() || new_release {
+        let ns = lr.namespace().unwrap_or_default();
+        let stable = status.stable.as_ref().map(|s| s.revision.clone()).filter(|s| *s != revision);
+        for i in 0..lr.spec.stages.len() {
+            let stage = StageDesired {
+                index: i,
+                name: lr.spec.stages[i].name.clone(),
+                namespace: lr.spec.stage_namespace(i, &ns).to_string(),
+                replicas: lr.spec.stage_replicas(i),
+                deployments: vec![],
+                traffic: Some(TrafficTarget {
+                    stable: stable.clone(),
+                    candidate: Some(revision.clone()),
+                    weight: 0,
+                    stable_replicas: 0,
+                    candidate_replicas: 0,
+                }),
+            };
+            if let Some(w) = router.observe(&ctx.client, lr, &stage, &obs).await.map_err(|e| Error::Observe("traffic", e))? {
+                obs.traffic.insert(stage.namespace.clone(), w);
+            }
+        }
+    }
+    Ok(obs)
+}
+
+/// Writes status by server-side apply, guarded by the resourceVersion it was computed from:
+/// a concurrent change makes it fail with 409 and the reconcile runs again on fresh state.
+async fn write_status(ctx: &Context, lr: &LocallRelease, status: &LocallReleaseStatus) -> Result<(), Error> {
+    let api: Api<LocallRelease> = Api::namespaced(ctx.client.clone(), &lr.namespace().unwrap_or_default());
+    let body = serde_json::json!({
+        "apiVersion": "locall.io/v1alpha1",
+        "kind": "LocallRelease",
+        "metadata": {"name": lr.name_any(), "resourceVersion": lr.resource_version()},
+        "status": status,
+    });
+    api.patch_status(&lr.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await.map_err(Error::Status)?;
+    ctx.metrics.writes.inc();
+    Ok(())
+}
+
+async fn publish(ctx: &Context, lr: &LocallRelease, events: &[engine::EventOut]) {
+    let reference = lr.object_ref(&());
+    for e in events {
+        let ev = Event {
+            type_: if e.warning { EventType::Warning } else { EventType::Normal },
+            reason: e.reason.clone(),
+            note: Some(e.message.chars().take(1000).collect()),
+            action: "Release".into(),
+            secondary: None,
+        };
+        if let Err(err) = ctx.recorder.publish(&ev, &reference).await {
+            warn!(error = %err, "could not publish event");
+        }
+    }
+}
+
+/// Whether the release's Ready condition is True (for callers outside the engine).
+pub fn is_ready(lr: &LocallRelease) -> bool {
+    lr.status.as_ref().is_some_and(|s| conditions::is_true(&s.conditions, conditions::READY))
+}

@@ -1,0 +1,138 @@
+//! The operator's own telemetry: `/metrics` (controller-runtime-style names plus `locall_*`
+//! domain metrics), `/healthz`, `/readyz`, and tracing setup. Labels never carry error text or
+//! anything but a release's namespace and name.
+
+use crate::api::{LocallRelease, Phase};
+use axum::{routing::get, Router};
+use kube::ResourceExt;
+use prometheus_client::{
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+use std::{
+    sync::{atomic::AtomicU64, Arc, Mutex},
+    time::Duration,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReleaseLabels {
+    pub namespace: String,
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub namespace: String,
+    pub name: String,
+    pub phase: String,
+}
+
+/// Every metric the operator exports.
+pub struct Metrics {
+    pub registry: Mutex<Registry>,
+    pub reconcile_total: Family<ResultLabel, Counter>,
+    pub reconcile_duration: Histogram,
+    /// API writes made (creates, applies, patches, deletes).
+    pub writes: Counter<u64, AtomicU64>,
+    pub phase: Family<PhaseLabels, Gauge>,
+    pub weight: Family<ReleaseLabels, Gauge>,
+    pub rollbacks: Family<ReleaseLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            registry: Mutex::new(Registry::default()),
+            reconcile_total: Family::default(),
+            reconcile_duration: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0]),
+            writes: Counter::default(),
+            phase: Family::default(),
+            weight: Family::default(),
+            rollbacks: Family::default(),
+        };
+        registry.register("controller_runtime_reconcile", "Reconciliations by result (success, error)", m.reconcile_total.clone());
+        registry.register("controller_runtime_reconcile_time_seconds", "Time per reconciliation", m.reconcile_duration.clone());
+        registry.register("locall_api_writes", "Writes the operator made to the API server", m.writes.clone());
+        registry.register("locall_release_phase", "1 for each release's current phase", m.phase.clone());
+        registry.register("locall_release_traffic_weight", "Candidate's traffic share in the current stage", m.weight.clone());
+        registry.register("locall_rollbacks", "Automatic rollbacks started", m.rollbacks.clone());
+        *m.registry.lock().unwrap() = registry;
+        m
+    }
+}
+
+const PHASES: [Phase; 10] = [
+    Phase::Pending,
+    Phase::PreDeploy,
+    Phase::Staging,
+    Phase::AwaitingApproval,
+    Phase::Production,
+    Phase::GoLive,
+    Phase::Succeeded,
+    Phase::RollingBack,
+    Phase::RolledBack,
+    Phase::Failed,
+];
+
+impl Metrics {
+    pub fn reconcile_done(&self, took: Duration, ok: bool) {
+        self.reconcile_duration.observe(took.as_secs_f64());
+        let result = if ok { "success" } else { "error" };
+        self.reconcile_total.get_or_create(&ResultLabel { result: result.into() }).inc();
+    }
+
+    pub fn reconcile_error(&self) {}
+
+    /// Updates the per-release gauges after a reconcile.
+    pub fn observe_release(&self, lr: &LocallRelease, status: &crate::api::LocallReleaseStatus) {
+        let (namespace, name) = (lr.namespace().unwrap_or_default(), lr.name_any());
+        let before = lr.status.as_ref().map(|s| s.phase);
+        for p in PHASES {
+            let l = PhaseLabels { namespace: namespace.clone(), name: name.clone(), phase: p.as_str().into() };
+            self.phase.get_or_create(&l).set((p == status.phase) as i64);
+        }
+        let l = ReleaseLabels { namespace, name };
+        self.weight.get_or_create(&l).set(status.weight as i64);
+        if status.phase == Phase::RollingBack && before != Some(Phase::RollingBack) {
+            self.rollbacks.get_or_create(&l).inc();
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry.lock().unwrap());
+        out
+    }
+}
+
+/// `/metrics`, `/healthz`, `/readyz` on `addr`; returns the bound address.
+pub async fn serve(addr: std::net::SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<std::net::SocketAddr> {
+    let app = Router::new()
+        .route("/metrics", get(move || async move { metrics.encode() }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(bound)
+}
+
+/// Logs to stderr: JSON (`json`) or human-readable text; level from RUST_LOG (default info).
+pub fn init_tracing(format: &str) {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    if format == "json" {
+        let _ = fmt().json().with_current_span(true).with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    } else {
+        let _ = fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    }
+}

@@ -1,0 +1,60 @@
+//! Replica ratio, for clusters without a mesh or gateway: one Service per stage. While weights
+//! move it selects both versions and the ratio of Ready replicas splits the traffic; at 0% and
+//! 100% its selector pins one revision, so a rollback is one Service update, whatever the pods.
+
+use super::ensure_service;
+use crate::{
+    api::{labels, LocallRelease},
+    controller::build,
+    engine::{names, traffic, Observed, StageDesired},
+};
+use k8s_openapi::api::core::v1::Service;
+use kube::{api::Api, Client, ResourceExt};
+use std::collections::BTreeMap;
+
+/// The Service's selector for the stage's target (pure).
+pub fn selector(release: &str, stage: &StageDesired) -> Option<BTreeMap<String, String>> {
+    let t = stage.traffic.as_ref()?;
+    let mut sel = BTreeMap::from([(labels::NAME.to_string(), release.to_string())]);
+    let pin = match (&t.stable, &t.candidate) {
+        (Some(s), _) if t.weight <= 0 => Some(s.clone()),
+        (_, Some(c)) if t.weight >= 100 => Some(c.clone()),
+        (None, Some(c)) => Some(c.clone()),
+        (Some(_), Some(_)) => None,
+        (Some(s), None) => Some(s.clone()),
+        (None, None) => return None,
+    };
+    if let Some(rev) = pin {
+        sel.insert(labels::REVISION.into(), rev);
+    }
+    Some(sel)
+}
+
+pub async fn apply(client: &Client, lr: &LocallRelease, stage: &StageDesired) -> Result<u32, kube::Error> {
+    let Some(sel) = selector(&lr.name_any(), stage) else { return Ok(0) };
+    ensure_service(client, build::service(lr, stage, &names::entry_service(&lr.name_any()), sel)).await
+}
+
+/// The candidate's share: pinned selectors say 0 or 100; otherwise the ratio of Ready pods.
+pub async fn observe(client: &Client, lr: &LocallRelease, stage: &StageDesired, obs: &Observed) -> Result<Option<i32>, kube::Error> {
+    let api: Api<Service> = Api::namespaced(client.clone(), &stage.namespace);
+    let Some(svc) = api.get_opt(&names::entry_service(&lr.name_any())).await? else { return Ok(None) };
+    let sel = svc.spec.and_then(|s| s.selector).unwrap_or_default();
+    Ok(Some(share(&lr.name_any(), stage, &sel, obs)))
+}
+
+/// The candidate's share for a selector and the observed Ready replicas (pure).
+pub fn share(release: &str, stage: &StageDesired, sel: &BTreeMap<String, String>, obs: &Observed) -> i32 {
+    let Some(t) = &stage.traffic else { return 0 };
+    let ready = |rev: &Option<String>| {
+        rev.as_ref()
+            .and_then(|r| obs.deployments.get(&(stage.namespace.clone(), names::deployment(release, r))))
+            .map(|d| d.ready)
+            .unwrap_or(0)
+    };
+    match sel.get(labels::REVISION) {
+        Some(rev) if Some(rev) == t.candidate.as_ref() => 100,
+        Some(_) => 0,
+        None => traffic::ratio(ready(&t.stable), ready(&t.candidate)),
+    }
+}

@@ -1,0 +1,405 @@
+//! What the API server itself accepts and refuses, with the CRD from `crds/locallreleases.yaml`
+//! installed: every example under `examples/` passes server-side validation, and each mistake a
+//! user can make in a LocallRelease is rejected at admission with an error naming the field.
+
+mod support;
+
+use k8s_openapi::{api::core::v1::Namespace, apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition};
+use kube::{
+    api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
+    Client,
+};
+use serde_json::{json, Value};
+use std::{path::Path, time::Duration};
+use support::*;
+
+const CRD_FILE: &str = "crds/locallreleases.yaml";
+const CRD_NAME: &str = "locallreleases.locall.io";
+
+/// Installs (or updates) the CRD by server-side apply and waits until it is Established.
+async fn install_crd(client: &Client) {
+    let yaml = std::fs::read_to_string(repo().join(CRD_FILE)).expect("read the CRD");
+    let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).expect("the CRD parses");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(CRD_NAME, &PatchParams::apply("locall-tests").force(), &Patch::Apply(&crd)).await.expect("apply the CRD");
+    wait_for(Duration::from_secs(30), "the LocallRelease CRD to be Established", || async {
+        let crd = crds.get(CRD_NAME).await.ok()?;
+        let established = crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
+        established.then_some(())
+    })
+    .await;
+}
+
+/// Creates the namespace unless it exists.
+async fn ensure_namespace(client: &Client, name: &str) {
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+    match Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => panic!("create namespace {name}: {e}"),
+    }
+}
+
+/// Every `.yaml` file under `dir`, sorted.
+fn yaml_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(yaml_files(&path));
+        } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test]
+async fn every_example_passes_server_side_validation() {
+    let client = client().await;
+    install_crd(&client).await;
+    let files = yaml_files(&repo().join("examples"));
+    let names: Vec<String> = files.iter().map(|f| f.strip_prefix(repo()).unwrap().display().to_string()).collect();
+    for expected in [
+        "examples/demo/namespaces.yaml",
+        "examples/demo/release-v1.yaml",
+        "examples/demo/release-v2.yaml",
+        "examples/demo/migration-fails.yaml",
+        "examples/demo/release-v3-bad.yaml",
+        "examples/locall-api.yaml",
+    ] {
+        assert!(names.iter().any(|n| n == expected), "{expected} is missing; found {names:?}");
+    }
+
+    // The namespaces the examples name (as Namespace objects or as metadata.namespace).
+    let mut namespaces = std::collections::BTreeSet::new();
+    let mut releases = 0;
+    for (file, name) in files.iter().zip(&names) {
+        let text = std::fs::read_to_string(file).unwrap();
+        assert!(text.starts_with('#'), "{name} starts with a header comment saying what it shows and how to apply it");
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v: Value = serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("{name}: {e}"));
+            if v.is_null() {
+                continue;
+            }
+            if v["kind"] == "Namespace" {
+                namespaces.insert(v["metadata"]["name"].as_str().expect("namespace name").to_string());
+            }
+            if let Some(ns) = v["metadata"]["namespace"].as_str() {
+                namespaces.insert(ns.to_string());
+            }
+            releases += usize::from(v["kind"] == "LocallRelease");
+        }
+    }
+    assert!(releases >= 5, "{releases} LocallReleases in the examples");
+    for ns in &namespaces {
+        ensure_namespace(&client, ns).await;
+    }
+    // The demo's namespaces, Secrets and ConfigMaps are harmless to apply for real.
+    let (ok, out, err) = kubectl(&["apply", "-f", repo().join("examples/demo/namespaces.yaml").to_str().unwrap()]);
+    assert!(ok, "apply examples/demo/namespaces.yaml:\n{out}{err}");
+
+    let mut failures = vec![];
+    for (file, name) in files.iter().zip(&names) {
+        // Strict: an unknown or misspelt field fails too instead of being pruned silently.
+        let (ok, out, err) = kubectl(&["apply", "--dry-run=server", "--validate=strict", "-f", file.to_str().unwrap()]);
+        println!("{name}:\n{out}{err}");
+        if !ok || !err.trim().is_empty() {
+            failures.push(format!("{name}: {}", err.trim()));
+        }
+    }
+    assert!(failures.is_empty(), "examples refused by the API server:\n{}", failures.join("\n"));
+}
+
+/// A valid release that uses every field the invalid cases below break.
+const BASE: &str = r#"
+apiVersion: locall.io/v1alpha1
+kind: LocallRelease
+metadata:
+  name: admission
+spec:
+  version: 1.0.0
+  replicas: 2
+  template:
+    spec:
+      containers:
+      - name: api
+        image: registry.locall.io/locall-api:1.0.0
+  service:
+    port: 8080
+  preflight:
+    secrets:
+    - {name: locall-db, keys: [url]}
+    tls:
+    - {secretName: locall-api-tls, minValidity: 720h}
+  hooks:
+    preDeploy:
+    - {name: tests, command: [make, test], retries: 1, timeout: 10m}
+    - {name: cache-clear}
+    migration:
+      changesSchema: true
+      backup: {command: [backup]}
+      migrate: {command: [migrate], retries: 0}
+      restore: {command: [restore]}
+    postDeploy:
+    - {name: enable-alerts}
+  stages:
+  - name: staging
+    namespace: admission-staging
+    replicas: 1
+    verify: [{name: e2e}]
+    steps: [{weight: 100}]
+  - name: production
+    approval: true
+    steps:
+    - {weight: 10, pause: 20s}
+    - {weight: 50, pause: 1m}
+    - {weight: 100}
+  traffic:
+    method: GatewayAPI
+    gateway: {name: locall-gateway}
+"#;
+
+fn base() -> Value {
+    serde_yaml::from_str(BASE).expect("BASE parses")
+}
+
+/// Sets the value at a JSON pointer, creating the last key if needed.
+fn set(v: &mut Value, pointer: &str, x: Value) {
+    let (parent, key) = pointer.rsplit_once('/').expect("a pointer");
+    let parent = v.pointer_mut(parent).unwrap_or_else(|| panic!("no {parent} in BASE"));
+    match parent {
+        Value::Object(m) => {
+            m.insert(key.to_string(), x);
+        }
+        Value::Array(l) => l[key.parse::<usize>().expect("an index")] = x,
+        _ => panic!("{pointer}: parent is not a container"),
+    }
+}
+
+/// Removes the key at a JSON pointer.
+fn remove(v: &mut Value, pointer: &str) {
+    let (parent, key) = pointer.rsplit_once('/').expect("a pointer");
+    let removed = v.pointer_mut(parent).and_then(Value::as_object_mut).and_then(|m| m.remove(key));
+    assert!(removed.is_some(), "no {pointer} in BASE");
+}
+
+/// A change to BASE.
+type Edit = fn(&mut Value);
+
+/// One mistake: what it is, how it changes BASE, and the field path the API server must name.
+struct Case {
+    what: &'static str,
+    edit: Edit,
+    path: &'static str,
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        Case { what: "missing stages", edit: |v| remove(v, "/spec/stages"), path: "spec.stages" },
+        Case { what: "empty stages list", edit: |v| set(v, "/spec/stages", json!([])), path: "spec.stages" },
+        Case { what: "step weight 0", edit: |v| set(v, "/spec/stages/0/steps/0/weight", json!(0)), path: "spec.stages[0].steps[0].weight" },
+        Case {
+            what: "step weight 101",
+            edit: |v| set(v, "/spec/stages/1/steps/2/weight", json!(101)),
+            path: "spec.stages[1].steps[2].weight",
+        },
+        Case {
+            what: "last step not 100",
+            edit: |v| set(v, "/spec/stages/1/steps", json!([{"weight": 10}, {"weight": 50}])),
+            path: "spec.stages[1].steps",
+        },
+        Case { what: "duplicate stage names", edit: |v| set(v, "/spec/stages/1/name", json!("staging")), path: "spec.stages" },
+        Case {
+            what: "duplicate step weights",
+            edit: |v| set(v, "/spec/stages/1/steps", json!([{"weight": 50}, {"weight": 50}, {"weight": 100}])),
+            path: "spec.stages[1].steps",
+        },
+        Case {
+            what: "bad step pause `5x`",
+            edit: |v| set(v, "/spec/stages/1/steps/0/pause", json!("5x")),
+            path: "spec.stages[1].steps[0].pause",
+        },
+        Case {
+            what: "bad TLS minValidity `30d`",
+            edit: |v| set(v, "/spec/preflight/tls/0/minValidity", json!("30d")),
+            path: "spec.preflight.tls[0].minValidity",
+        },
+        Case {
+            what: "bad Job timeout `1.5h`",
+            edit: |v| set(v, "/spec/hooks/preDeploy/0/timeout", json!("1.5h")),
+            path: "spec.hooks.preDeploy[0].timeout",
+        },
+        Case { what: "replicas 0", edit: |v| set(v, "/spec/replicas", json!(0)), path: "spec.replicas" },
+        Case { what: "stage replicas 0", edit: |v| set(v, "/spec/stages/0/replicas", json!(0)), path: "spec.stages[0].replicas" },
+        Case { what: "missing version", edit: |v| remove(v, "/spec/version"), path: "spec.version" },
+        Case { what: "version with spaces", edit: |v| set(v, "/spec/version", json!("2.0 beta")), path: "spec.version" },
+        Case { what: "empty version", edit: |v| set(v, "/spec/version", json!("")), path: "spec.version" },
+        Case { what: "GatewayAPI without gateway", edit: |v| remove(v, "/spec/traffic/gateway"), path: "spec.traffic.gateway" },
+        Case {
+            what: "ReplicaRatio with a gateway",
+            edit: |v| set(v, "/spec/traffic/method", json!("ReplicaRatio")),
+            path: "spec.traffic.gateway",
+        },
+        Case { what: "unknown traffic method", edit: |v| set(v, "/spec/traffic/method", json!("Istio")), path: "spec.traffic.method" },
+        Case {
+            what: "duplicate preDeploy Job names",
+            edit: |v| set(v, "/spec/hooks/preDeploy/1/name", json!("tests")),
+            path: "spec.hooks.preDeploy",
+        },
+        Case {
+            what: "preDeploy Job name with uppercase",
+            edit: |v| set(v, "/spec/hooks/preDeploy/0/name", json!("Tests")),
+            path: "spec.hooks.preDeploy[0].name",
+        },
+        Case {
+            what: "verify Job name with uppercase",
+            edit: |v| set(v, "/spec/stages/0/verify/0/name", json!("E2E")),
+            path: "spec.stages[0].verify[0].name",
+        },
+        Case {
+            what: "negative preDeploy retries",
+            edit: |v| set(v, "/spec/hooks/preDeploy/0/retries", json!(-1)),
+            path: "spec.hooks.preDeploy[0].retries",
+        },
+        Case {
+            what: "negative migrate retries",
+            edit: |v| set(v, "/spec/hooks/migration/migrate/retries", json!(-1)),
+            path: "spec.hooks.migration.migrate.retries",
+        },
+        Case {
+            what: "invalid stage namespace",
+            edit: |v| set(v, "/spec/stages/0/namespace", json!("Staging_NS")),
+            path: "spec.stages[0].namespace",
+        },
+        Case { what: "service port 0", edit: |v| set(v, "/spec/service/port", json!(0)), path: "spec.service.port" },
+        Case { what: "missing template", edit: |v| remove(v, "/spec/template"), path: "spec.template" },
+        Case {
+            what: "duplicate verify Job names",
+            edit: |v| set(v, "/spec/stages/0/verify", json!([{"name": "e2e"}, {"name": "e2e"}])),
+            path: "spec.stages[0].verify",
+        },
+        Case {
+            what: "duplicate postDeploy Job names",
+            edit: |v| set(v, "/spec/hooks/postDeploy", json!([{"name": "alerts"}, {"name": "alerts"}])),
+            path: "spec.hooks.postDeploy",
+        },
+        Case {
+            what: "schema-changing migration without a restore Job",
+            edit: |v| remove(v, "/spec/hooks/migration/restore"),
+            path: "spec.hooks.migration.restore",
+        },
+        Case {
+            what: "approval for a stage that does not exist",
+            edit: |v| set(v, "/spec/approvals", json!([{"stage": "prod", "version": "1.0.0", "by": "alice"}])),
+            path: "spec.approvals",
+        },
+        Case {
+            what: "pod template without containers",
+            edit: |v| remove(v, "/spec/template/spec/containers"),
+            path: "spec.template.spec.containers",
+        },
+    ]
+}
+
+/// Dry-run create of `obj` in `ns`: `Ok` when admitted, else the API server's status.
+async fn dry_run_create(api: &Api<DynamicObject>, obj: &Value) -> Result<(), kube::core::Status> {
+    let obj: DynamicObject = serde_json::from_value(obj.clone()).expect("a Kubernetes object");
+    let pp = PostParams { dry_run: true, field_manager: Some("locall-tests".into()) };
+    match api.create(&pp, &obj).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) => Err(*status),
+        Err(e) => panic!("dry-run create failed without an API status: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn invalid_releases_are_rejected_at_admission_naming_the_field() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = namespace(&client, "admission").await;
+    let gvk = GroupVersionKind::gvk("locall.io", "v1alpha1", "LocallRelease");
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ApiResource::from_gvk_with_plural(&gvk, "locallreleases"));
+
+    // The base is admitted: every rejection below is the edit's doing. So is a small release
+    // (defaults: ReplicaRatio traffic, no hooks, one stage in the release's namespace).
+    if let Err(s) = dry_run_create(&api, &base()).await {
+        panic!("BASE is refused: {}", s.message);
+    }
+    let minimal = json!({
+        "apiVersion": "locall.io/v1alpha1",
+        "kind": "LocallRelease",
+        "metadata": {"name": "minimal"},
+        "spec": {"version": "1", "template": {"spec": {"containers": [{"name": "api", "image": "api:1"}]}}, "stages": [{"name": "production", "steps": [{"weight": 100}]}]},
+    });
+    if let Err(s) = dry_run_create(&api, &minimal).await {
+        panic!("a minimal release is refused: {}", s.message);
+    }
+
+    let cases = cases();
+    assert!(cases.len() >= 15);
+    let mut wrong = vec![];
+    for (i, case) in cases.iter().enumerate() {
+        let mut obj = base();
+        set(&mut obj, "/metadata/name", json!(format!("invalid-{i}")));
+        (case.edit)(&mut obj);
+        match dry_run_create(&api, &obj).await {
+            Ok(()) => {
+                println!("[{i:2}] {}: ADMITTED", case.what);
+                wrong.push(format!("{}: admitted, expected a rejection naming {}", case.what, case.path));
+            }
+            Err(s) => {
+                println!("[{i:2}] {}: {} {}: {}", case.what, s.code, s.reason, s.message);
+                if s.code != 422 || !s.message.contains(case.path) {
+                    wrong.push(format!("{}: expected 422 naming {}, got {} {}: {}", case.what, case.path, s.code, s.reason, s.message));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{} of {} cases wrong:\n{}", wrong.len(), cases.len(), wrong.join("\n"));
+}
+
+/// The same rejection through `kubectl apply`, as a user sees it.
+#[tokio::test]
+async fn kubectl_apply_shows_the_field_path() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = namespace(&client, "admission-kubectl").await;
+    let mut obj = base();
+    set(&mut obj, "/metadata/namespace", json!(ns));
+    set(&mut obj, "/spec/stages/1/steps/0/weight", json!(101));
+    let file = std::env::temp_dir().join(format!("locall-admission-{ns}.yaml"));
+    std::fs::write(&file, serde_yaml::to_string(&obj).unwrap()).unwrap();
+    let (ok, out, err) = kubectl(&["apply", "--dry-run=server", "-f", file.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&file);
+    println!("{out}{err}");
+    assert!(!ok, "weight 101 was admitted: {out}");
+    assert!(err.contains("spec.stages[1].steps[0].weight"), "{err}");
+}
+
+/// Lists the API documents as optional may be left out: a stage without `steps` (100% at once),
+/// hooks without `preDeploy` (the CEL rules guard with `has()`).
+#[tokio::test]
+async fn optional_lists_may_be_omitted() {
+    let client = client().await;
+    install_crd(&client).await;
+    let ns = namespace(&client, "admission-optional").await;
+    let gvk = GroupVersionKind::gvk("locall.io", "v1alpha1", "LocallRelease");
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ApiResource::from_gvk_with_plural(&gvk, "locallreleases"));
+    let mut refused = vec![];
+    let variants: [(&str, Edit); 2] = [
+        ("a stage without steps", |v| remove(v, "/spec/stages/0/steps")),
+        ("hooks without preDeploy", |v| remove(v, "/spec/hooks/preDeploy")),
+    ];
+    for (i, (what, edit)) in variants.into_iter().enumerate() {
+        let mut obj = base();
+        set(&mut obj, "/metadata/name", json!(format!("optional-{i}")));
+        edit(&mut obj);
+        if let Err(s) = dry_run_create(&api, &obj).await {
+            println!("{what}: {}", s.message);
+            refused.push(format!("{what}: {}", s.message));
+        }
+    }
+    assert!(refused.is_empty(), "valid releases refused:\n{}", refused.join("\n"));
+}
