@@ -7,6 +7,8 @@
 pub mod api;
 pub mod controller;
 pub mod engine;
+pub mod metrics;
+pub mod notify;
 pub mod sim;
 pub mod telemetry;
 pub mod traffic;

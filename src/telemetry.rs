@@ -43,6 +43,15 @@ pub struct Metrics {
     pub phase: Family<PhaseLabels, Gauge>,
     pub weight: Family<ReleaseLabels, Gauge>,
     pub rollbacks: Family<ReleaseLabels, Counter>,
+    pub notifications: Family<ResultLabel, Counter>,
+    pub gate_value: Family<GateLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GateLabels {
+    pub namespace: String,
+    pub name: String,
+    pub metric: String,
 }
 
 impl Default for Metrics {
@@ -56,6 +65,8 @@ impl Default for Metrics {
             phase: Family::default(),
             weight: Family::default(),
             rollbacks: Family::default(),
+            notifications: Family::default(),
+            gate_value: Family::default(),
         };
         registry.register("controller_runtime_reconcile", "Reconciliations by result (success, error)", m.reconcile_total.clone());
         registry.register("controller_runtime_reconcile_time_seconds", "Time per reconciliation", m.reconcile_duration.clone());
@@ -63,6 +74,8 @@ impl Default for Metrics {
         registry.register("locall_release_phase", "1 for each release's current phase", m.phase.clone());
         registry.register("locall_release_traffic_weight", "Candidate's traffic share in the current stage", m.weight.clone());
         registry.register("locall_rollbacks", "Automatic rollbacks started", m.rollbacks.clone());
+        registry.register("locall_notifications", "Notification deliveries by result", m.notifications.clone());
+        registry.register("locall_gate_value", "Latest measured value of each metric gate", m.gate_value.clone());
         *m.registry.lock().unwrap() = registry;
         m
     }
@@ -90,6 +103,11 @@ impl Metrics {
 
     pub fn reconcile_error(&self) {}
 
+    pub fn notification(&self, ok: bool) {
+        let result = if ok { "delivered" } else { "failed" };
+        self.notifications.get_or_create(&ResultLabel { result: result.into() }).inc();
+    }
+
     /// Updates the per-release gauges after a reconcile.
     pub fn observe_release(&self, lr: &LocallRelease, status: &crate::api::LocallReleaseStatus) {
         let (namespace, name) = (lr.namespace().unwrap_or_default(), lr.name_any());
@@ -97,6 +115,12 @@ impl Metrics {
         for p in PHASES {
             let l = PhaseLabels { namespace: namespace.clone(), name: name.clone(), phase: p.as_str().into() };
             self.phase.get_or_create(&l).set((p == status.phase) as i64);
+        }
+        for g in &status.gates {
+            if let Some(v) = g.value {
+                let gl = GateLabels { namespace: namespace.clone(), name: name.clone(), metric: g.metric.clone() };
+                self.gate_value.get_or_create(&gl).set(v);
+            }
         }
         let l = ReleaseLabels { namespace, name };
         self.weight.get_or_create(&l).set(status.weight as i64);

@@ -1,11 +1,13 @@
 //! The LocallRelease API, declared once; `crdgen` writes `crds/locallreleases.yaml` from it.
 
+pub mod analysis;
 pub mod conditions;
 pub mod crd;
 pub mod duration;
 pub mod spec;
 pub mod status;
 
+pub use analysis::*;
 pub use duration::Dur;
 pub use spec::*;
 pub use status::*;

@@ -1,6 +1,10 @@
 //! `LocallRelease.spec`: what the user asks for. The operator never writes it.
 
-use super::{duration::Dur, status::LocallReleaseStatus};
+use super::{
+    analysis::{Analysis, GoLive, Notification, RollbackPlan},
+    duration::Dur,
+    status::LocallReleaseStatus,
+};
 use k8s_openapi::api::core::v1::{EnvVar, PodTemplateSpec};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
@@ -67,6 +71,25 @@ pub struct LocallReleaseSpec {
     /// How traffic moves to the new version.
     #[serde(default)]
     pub traffic: Traffic,
+
+    /// Metric gates from Prometheus: success criteria and rollback triggers, evaluated in
+    /// staging, at every traffic step, in go-live windows and after a rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Analysis>,
+
+    /// Go-live windows after 100% in production (`goLive: {}` gives the checklist's 0-15m,
+    /// 15m-2h, 2h-24h). The previous version stays ready until the last window passes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub go_live: Option<GoLive>,
+
+    /// What verifies a rollback, beyond moving traffic back and restoring the database.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackPlan>,
+
+    /// Webhooks told about RolledBack, Failed, AwaitingApproval and Succeeded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub notifications: Vec<Notification>,
 
     /// Approvals granted in git (GitOps): each names the stage and the version it approves.
     /// The `kubectl locall approve` command grants through an annotation instead.

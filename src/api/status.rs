@@ -66,6 +66,18 @@ pub struct LocallReleaseStatus {
     /// What happened when the release failed or rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
+    /// The latest measurement of each metric gate, with its verdict.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<GateStatus>,
+    /// The go-live window in progress (its name).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub window: String,
+    /// Index of the go-live window in progress.
+    #[serde(default)]
+    pub window_index: u32,
+    /// When the current go-live window began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_started_at: Option<DateTime<Utc>>,
     /// Kubernetes conditions: Ready, Reconciling, Stalled (kstatus semantics).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -210,7 +222,7 @@ pub struct ApprovalRecord {
 }
 
 /// Why the release failed or rolled back, for the investigation.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Failure {
     /// Short machine-readable reason, e.g. `JobFailed`, `PreflightFailed`.
@@ -231,4 +243,72 @@ pub struct Failure {
     /// When the database restore finished (rollbacks after a schema change).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database_restored_at: Option<DateTime<Utc>>,
+    /// The metric that triggered the rollback, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<MetricBreach>,
+    /// When the rollback was verified (or found wanting).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<DateTime<Utc>>,
+}
+
+/// Which metric crossed which threshold, where, with which values.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricBreach {
+    /// The metric's name.
+    pub metric: String,
+    /// Where: `stage production, step 2 (25%)` or `go-live window 0-15m`.
+    pub context: String,
+    /// The rollback trigger, e.g. `> 0.05`.
+    pub threshold: String,
+    /// The breaching values, oldest first.
+    pub values: Vec<f64>,
+    /// When the first of the consecutive breaching measurements was taken.
+    pub first_breach_at: DateTime<Utc>,
+}
+
+/// A gate's verdict.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Verdict {
+    /// The success criterion holds.
+    Pass,
+    /// The rollback trigger holds.
+    Fail,
+    /// Neither: between the thresholds.
+    Inconclusive,
+    /// No data, or too small a sample.
+    NoData,
+    /// Prometheus unreachable or the query failed.
+    Error,
+}
+
+/// The latest measurement of one metric.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GateStatus {
+    /// The metric.
+    pub metric: String,
+    /// What was measured: `<stage>/<version>`.
+    pub target: String,
+    /// The value measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// The sample size measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample: Option<f64>,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Why.
+    pub message: String,
+    /// When it was measured.
+    pub measured_at: DateTime<Utc>,
+    /// Rollback-trigger breaches in a row.
+    #[serde(default)]
+    pub breaches: u32,
+    /// The breaching values in the current run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub breach_values: Vec<f64>,
+    /// When the current run of breaches began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_breach_at: Option<DateTime<Utc>>,
 }

@@ -18,6 +18,9 @@ struct Args {
     /// between operators); empty means all.
     #[arg(long, env = "LOCALL_RELEASE_SELECTOR", default_value = "")]
     release_selector: String,
+    /// Prometheus base URL for metric gates (a release may name its own).
+    #[arg(long, env = "LOCALL_PROMETHEUS_URL")]
+    prometheus_url: Option<String>,
 }
 
 #[tokio::main]
@@ -36,7 +39,8 @@ async fn main() -> anyhow::Result<()> {
             _ = term.recv() => {},
         }
     };
-    controller::run(client, metrics, Some(args.release_selector), shutdown).await;
+    let config = controller::Config { release_selector: Some(args.release_selector), prometheus_url: args.prometheus_url };
+    controller::run(client, metrics, config, shutdown).await;
     info!("stopped");
     Ok(())
 }

@@ -39,6 +39,17 @@ pub struct Context {
     pub jobs: Store<Job>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// Prometheus for metric gates, unless a release names its own.
+    pub prometheus_url: Option<String>,
+}
+
+/// How the operator is configured.
+#[derive(Clone, Debug, Default)]
+pub struct Config {
+    /// Only reconcile releases matching this label selector.
+    pub release_selector: Option<String>,
+    /// Default Prometheus URL for metric gates.
+    pub prometheus_url: Option<String>,
 }
 
 /// Each step of a reconcile fails with its own variant, so an error says where it happened.
@@ -65,7 +76,7 @@ impl Error {
 pub async fn run(
     client: Client,
     metrics: Arc<Metrics>,
-    release_selector: Option<String>,
+    config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let selector = watcher::Config::default().labels(&format!("{}={}", crate::api::labels::MANAGED_BY, crate::api::labels::MANAGER));
@@ -83,10 +94,11 @@ pub async fn run(
         jobs,
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
+        prometheus_url: config.prometheus_url.clone(),
     });
     let releases = Api::<LocallRelease>::all(client.clone());
     let mut wc = watcher::Config::default().any_semantic();
-    if let Some(sel) = release_selector.as_deref().filter(|s| !s.is_empty()) {
+    if let Some(sel) = config.release_selector.as_deref().filter(|s| !s.is_empty()) {
         wc = wc.labels(sel);
     }
     Controller::new(releases, wc)
@@ -139,6 +151,7 @@ async fn reconcile_release(lr: &LocallRelease, ctx: &Context) -> Result<Action, 
     let original = lr.status.clone().unwrap_or_default();
     let mut status = original.clone();
     let mut events = Vec::new();
+    let mut notify = Vec::new();
     let mut decision;
     let mut pass = 0;
     loop {
@@ -154,6 +167,7 @@ async fn reconcile_release(lr: &LocallRelease, ctx: &Context) -> Result<Action, 
         decision = engine::decide(r, &obs, Utc::now());
         let traffic_writes = act::act(ctx, lr, &decision, router).await?;
         events.append(&mut decision.events);
+        notify.append(&mut decision.notify);
         status = decision.status.clone();
         // Traffic moved: read it back at once, so the engine verifies it in this reconcile.
         if traffic_writes == 0 || pass >= 3 || status.phase.is_terminal() {
@@ -167,6 +181,7 @@ async fn reconcile_release(lr: &LocallRelease, ctx: &Context) -> Result<Action, 
         write_status(ctx, lr, &status).await?;
     }
     publish(ctx, lr, &events).await;
+    crate::notify::dispatch(&ctx.client, lr, &status, &notify, ctx.metrics.clone());
     ctx.metrics.observe_release(lr, &status);
     if original.phase != status.phase {
         info!(from = %original.phase, to = %status.phase, message = %status.message, "phase changed");
@@ -211,6 +226,19 @@ async fn observe(ctx: &Context, lr: &LocallRelease, status: &LocallReleaseStatus
             };
             if let Some(w) = router.observe(&ctx.client, lr, &stage, &obs).await.map_err(|e| Error::Observe("traffic", e))? {
                 obs.traffic.insert(stage.namespace.clone(), w);
+            }
+        }
+    }
+    // Metric gates: measure what is due for the current target.
+    if let Some(a) = &lr.spec.analysis {
+        let (name, ns) = (lr.name_any(), lr.namespace().unwrap_or_default());
+        let r = Release { name: &name, namespace: &ns, generation: lr.metadata.generation, spec: &lr.spec, status };
+        if let Some(t) = engine::gates::target(&r, status) {
+            let due = engine::gates::due(&a.metrics, &status.gates, &t, Utc::now());
+            if !due.is_empty() {
+                let url = a.prometheus.clone().or_else(|| ctx.prometheus_url.clone()).unwrap_or_default();
+                obs.measurements = crate::metrics::measure(&url, &due).await;
+                obs.measured_target = Some(t.key());
             }
         }
     }

@@ -2,14 +2,27 @@
 //! advances as far as the observations allow, and says what the children should look like.
 
 use super::{
-    names, now_plus, traffic, validate::validate, Decision, DeploymentDesired, Desired, EventOut, JobObs, JobToCreate, Observed, Release,
-    StageDesired, TrafficTarget, JOB_MISSING_AFTER, POLL, PROGRESS_DEADLINE,
+    gates::{self, Outcome},
+    names, now_plus, traffic,
+    validate::validate,
+    Decision, DeploymentDesired, Desired, EventOut, JobObs, JobToCreate, Observed, Release, StageDesired, TrafficTarget, JOB_MISSING_AFTER,
+    POLL, PROGRESS_DEADLINE,
 };
 use crate::api::{
-    conditions, ApprovalRecord, Failure, JobKind, JobRecord, JobState, JobTemplate, LocallReleaseStatus, Phase, StableVersion,
+    conditions, ApprovalRecord, Failure, GateStatus, JobKind, JobRecord, JobState, JobTemplate, LocallReleaseStatus, MetricBreach,
+    NotifyEvent, Phase, StableVersion,
 };
 use chrono::{DateTime, Utc};
 use std::time::Duration;
+
+/// The condition recording whether a rollback was verified.
+pub const ROLLBACK_VERIFIED: &str = "RollbackVerified";
+
+/// What the gates say about moving on.
+enum GateFlow {
+    Hold(String),
+    Stop(Flow),
+}
 
 /// What one step of the machine concluded.
 enum Flow {
@@ -27,15 +40,34 @@ struct Tick<'a> {
     st: LocallReleaseStatus,
     jobs: Vec<JobToCreate>,
     events: Vec<EventOut>,
+    notify: Vec<(NotifyEvent, String)>,
     reason: String,
+    /// Set while rollback verification Jobs run: their failure is recorded, not escalated.
+    verifying_rollback: bool,
 }
 
 /// One tick of the engine: see the module docs.
 pub fn decide(r: Release<'_>, obs: &Observed, now: DateTime<Utc>) -> Decision {
-    let mut t = Tick { r, obs, now, st: r.status.clone(), jobs: vec![], events: vec![], reason: String::new() };
+    let mut t = Tick {
+        r,
+        obs,
+        now,
+        st: r.status.clone(),
+        jobs: vec![],
+        events: vec![],
+        notify: vec![],
+        reason: String::new(),
+        verifying_rollback: false,
+    };
     let revision = names::revision(r.spec);
     if t.st.revision != revision {
         t.start_release(revision);
+    }
+    // This tick's measurements, if they are about what the gates watch now.
+    if let (Some(a), Some(target)) = (&r.spec.analysis, gates::target(&r, &t.st)) {
+        if obs.measured_target.as_deref() == Some(target.key().as_str()) {
+            gates::fold(&a.metrics, &mut t.st.gates, &target, &obs.measurements, now);
+        }
     }
     t.st.observed_generation = r.generation;
 
@@ -59,7 +91,7 @@ pub fn decide(r: Release<'_>, obs: &Observed, now: DateTime<Utc>) -> Decision {
     let desired = t.desired();
     let reason = if t.reason.is_empty() { t.st.phase.as_str().to_string() } else { t.reason.clone() };
     t.st.conditions = conditions::for_phase(&t.st.conditions, t.st.phase, &reason, &t.st.message, r.generation, now);
-    Decision { status: t.st, desired, jobs: t.jobs, events: t.events, requeue }
+    Decision { status: t.st, desired, jobs: t.jobs, events: t.events, notify: t.notify, requeue }
 }
 
 impl<'a> Tick<'a> {
@@ -72,6 +104,16 @@ impl<'a> Tick<'a> {
             self.st.phase = phase;
             self.st.phase_started_at = Some(self.now);
             self.event(matches!(phase, Phase::Failed | Phase::RollingBack | Phase::RolledBack), phase.as_str(), message.clone());
+            let n = match phase {
+                Phase::AwaitingApproval => Some(NotifyEvent::AwaitingApproval),
+                Phase::Succeeded => Some(NotifyEvent::Succeeded),
+                Phase::RolledBack => Some(NotifyEvent::RolledBack),
+                Phase::Failed => Some(NotifyEvent::Failed),
+                _ => None,
+            };
+            if let Some(n) = n {
+                self.notify.push((n, message.clone()));
+            }
         }
         self.st.message = message;
     }
@@ -89,7 +131,8 @@ impl<'a> Tick<'a> {
             });
         }
         let stable = self.st.stable.clone();
-        let conditions = std::mem::take(&mut self.st.conditions);
+        let mut conditions = std::mem::take(&mut self.st.conditions);
+        conditions.retain(|c| c.type_ != ROLLBACK_VERIFIED);
         self.st = LocallReleaseStatus { revision, candidate_version: version, stable, conditions, ..Default::default() };
         self.st.phase_started_at = Some(self.now);
     }
@@ -345,12 +388,28 @@ impl<'a> Tick<'a> {
             );
         }
         let since = self.st.step_started_at.unwrap_or(self.now);
+        let context = format!("stage {}, step {}/{} ({weight}%)", stage.name, step + 1, weights.len());
+        let gate = self.gates(&context, Some(since));
+        if let Some(GateFlow::Stop(f)) = gate {
+            return f;
+        }
+        let next_measure = self.next_measure();
         if let Some(p) = pause {
             let until = now_plus(since, p);
             if self.now < until {
                 self.st.message = format!("stage {}: holding {weight}% until {}", stage.name, until.format("%H:%M:%S"));
-                return Flow::Wait(Some((until - self.now).to_std().unwrap_or_default()));
+                let wait = (until - self.now).to_std().unwrap_or_default();
+                return Flow::Wait(Some(next_measure.map_or(wait, |m| m.min(wait))));
             }
+        }
+        // At the very last step the go-live windows take over the watching, if there are any.
+        let watched_after = i + 1 == self.r.spec.stages.len()
+            && step + 1 == weights.len()
+            && self.r.spec.go_live.as_ref().is_some_and(|g| !g.effective().is_empty());
+        if let (Some(GateFlow::Hold(why)), false) = (&gate, watched_after) {
+            self.st.message = format!("stage {}: holding {weight}%: metric gates not passed ({why})", stage.name);
+            self.reason = "GateHold".into();
+            return Flow::Wait(next_measure.or(Some(super::POLL)));
         }
         if step + 1 < weights.len() {
             self.st.step = step as u32 + 1;
@@ -393,10 +452,91 @@ impl<'a> Tick<'a> {
     }
 
     fn go_live(&mut self) -> Flow {
+        let windows = self.r.spec.go_live.clone().map(|g| g.effective()).unwrap_or_default();
+        while let Some(w) = windows.get(self.st.window_index as usize) {
+            if self.st.window_started_at.is_none() {
+                self.st.window = w.name.clone();
+                self.st.window_started_at = Some(self.now);
+                self.event(
+                    false,
+                    "GoLiveWindow",
+                    format!("watching {} in go-live window {} for {}", self.r.spec.version, w.name, w.duration),
+                );
+            }
+            let context = format!("go-live window {}", w.name);
+            let gate = self.gates(&context, None);
+            if let Some(GateFlow::Stop(f)) = gate {
+                return f;
+            }
+            let until = now_plus(self.st.window_started_at.unwrap_or(self.now), w.duration.get());
+            let next_measure = self.next_measure();
+            if self.now < until {
+                self.st.message = format!("go-live window {}: watching {} until {}", w.name, self.r.spec.version, until.format("%H:%M:%S"));
+                let wait = (until - self.now).to_std().unwrap_or_default();
+                return Flow::Wait(Some(next_measure.map_or(wait, |m| m.min(wait))));
+            }
+            if let Some(GateFlow::Hold(why)) = gate {
+                self.st.message = format!("go-live window {}: holding: metric gates not passed ({why})", w.name);
+                self.reason = "GateHold".into();
+                return Flow::Wait(next_measure.or(Some(super::POLL)));
+            }
+            self.event(false, "GoLiveWindowPassed", format!("go-live window {} passed", w.name));
+            self.st.window_index += 1;
+            self.st.window_started_at = None;
+        }
         self.st.stable = Some(StableVersion { version: self.r.spec.version.clone(), revision: self.st.revision.clone() });
         self.set_phase(Phase::Succeeded, format!("{} released", self.r.spec.version));
         self.reason = "Succeeded".into();
         Flow::Next
+    }
+
+    /// The gates for the current target: `None` when there are none or they pass, a hold with
+    /// its reasons, or a stop (rollback) on a breach. Dry-run reports and never acts.
+    fn gates(&mut self, context: &str, since: Option<DateTime<Utc>>) -> Option<GateFlow> {
+        let a = self.r.spec.analysis.as_ref()?;
+        let t = gates::target(&self.r, &self.st)?;
+        match gates::outcome(&a.metrics, &self.st.gates, &t, since) {
+            Outcome::Pass => None,
+            Outcome::Hold(_) if a.dry_run => None,
+            Outcome::Hold(why) => Some(GateFlow::Hold(why.join("; "))),
+            Outcome::Breach(g) if a.dry_run => {
+                if self.obs.measured_target.is_some() && self.obs.measurements.contains_key(&g.metric) {
+                    let msg = format!("dry run: {} would roll back: {} in {context}", g.metric, g.message);
+                    self.event(true, "DryRunBreach", msg);
+                }
+                None
+            }
+            Outcome::Breach(g) => {
+                self.fail_on_metric(&g, context);
+                Some(GateFlow::Stop(Flow::Next))
+            }
+        }
+    }
+
+    fn next_measure(&self) -> Option<Duration> {
+        let a = self.r.spec.analysis.as_ref()?;
+        let t = gates::target(&self.r, &self.st)?;
+        Some(gates::next_due(&a.metrics, &self.st.gates, &t, self.now).max(Duration::from_millis(200)))
+    }
+
+    fn fail_on_metric(&mut self, g: &GateStatus, context: &str) {
+        let metric = self.r.spec.analysis.as_ref().and_then(|a| a.metrics.iter().find(|m| m.name == g.metric));
+        let threshold = metric.and_then(|m| m.rollback.as_ref()).map(|t| t.to_string()).unwrap_or_default();
+        let values = g.breach_values.iter().map(|v| format!("{v:.4}")).collect::<Vec<_>>().join(", ");
+        let msg = format!(
+            "metric {} breached its rollback trigger {threshold} {} times in a row in {context} (values {values})",
+            g.metric, g.breaches
+        );
+        self.fail("MetricBreached", &msg);
+        if let Some(f) = self.st.failure.as_mut() {
+            f.metric = Some(MetricBreach {
+                metric: g.metric.clone(),
+                context: context.into(),
+                threshold,
+                values: g.breach_values.clone(),
+                first_breach_at: g.first_breach_at.unwrap_or(g.measured_at),
+            });
+        }
     }
 
     // ---- failure and rollback ----
@@ -414,6 +554,9 @@ impl<'a> Tick<'a> {
     }
 
     fn fail(&mut self, reason: &str, message: &str) {
+        if self.verifying_rollback {
+            return;
+        }
         if matches!(self.st.phase, Phase::RollingBack) {
             self.reason = reason.into();
             self.st.failure.get_or_insert_with(|| failure(reason, message, "", self.now, false));
@@ -474,9 +617,56 @@ impl<'a> Tick<'a> {
                 }
             }
         }
+        // 3. Verify the restored version: the rollback's Jobs, then the metric gates.
+        if self.st.failure.as_ref().is_some_and(|f| f.verified_at.is_none()) {
+            let ns = self.r.namespace.to_string();
+            let verify = self.r.spec.rollback.as_ref().map(|p| p.verify.clone()).unwrap_or_default();
+            for v in &verify {
+                self.verifying_rollback = true;
+                let flow = self.run_job(JobKind::Verify, &v.name, "rollback", &ns, &v.job, &format!("rollback-{}", v.name));
+                self.verifying_rollback = false;
+                match flow {
+                    Some(Flow::Wait(d)) => return Flow::Wait(d),
+                    // The verification Job failed: the traffic is back, but the rollback is not verified.
+                    Some(Flow::Next) => return self.rollback_verified(false, &format!("rollback verification Job {} failed", v.name)),
+                    None => {}
+                }
+            }
+            let restored = self.st.failure.as_ref().and_then(|f| f.traffic_restored_at).unwrap_or(self.now);
+            match (self.r.spec.analysis.as_ref(), gates::target(&self.r, &self.st)) {
+                (Some(a), Some(t)) if !a.dry_run => match gates::outcome(&a.metrics, &self.st.gates, &t, Some(restored)) {
+                    Outcome::Pass => return self.rollback_verified(true, &format!("metric gates pass on {}", t.version)),
+                    Outcome::Breach(g) => {
+                        return self.rollback_verified(false, &format!("{} still breaches on {}: {}", g.metric, t.version, g.message))
+                    }
+                    Outcome::Hold(why) => {
+                        let limit = now_plus(restored, a.interval.get() * 10);
+                        if self.now >= limit {
+                            return self
+                                .rollback_verified(false, &format!("metric gates did not pass on {} ({})", t.version, why.join("; ")));
+                        }
+                        self.st.message = format!("verifying the rollback: {}", why.join("; "));
+                        return Flow::Wait(self.next_measure().or(Some(super::POLL)));
+                    }
+                },
+                _ => return self.rollback_verified(true, "traffic restored; no metric gates to check"),
+            }
+        }
         let msg = self.st.failure.as_ref().map(|f| f.message.clone()).unwrap_or_default();
         let to = self.st.stable.as_ref().map(|s| s.version.clone()).unwrap_or_else(|| "nothing".into());
         self.set_phase(Phase::RolledBack, format!("rolled back to {to}: {msg}"));
+        Flow::Next
+    }
+
+    fn rollback_verified(&mut self, ok: bool, message: &str) -> Flow {
+        let now = self.now;
+        if let Some(f) = self.st.failure.as_mut() {
+            f.verified_at = Some(now);
+        }
+        let reason = if ok { "RollbackVerified" } else { "RollbackFailed" };
+        let c = conditions::upsert(&self.st.conditions, ROLLBACK_VERIFIED, ok, reason, message, self.r.generation, now);
+        conditions::set(&mut self.st.conditions, c);
+        self.event(!ok, reason, message.to_string());
         Flow::Next
     }
 
@@ -549,6 +739,8 @@ fn failure(reason: &str, message: &str, stage: &str, at: DateTime<Utc>, traffic_
         traffic_moved,
         traffic_restored_at: None,
         database_restored_at: None,
+        metric: None,
+        verified_at: None,
     }
 }
 

@@ -3,6 +3,7 @@
 //! state of the children, the Jobs to create, the Events to emit and when to look again.
 //! Whole releases are driven through it tick by tick in the tests, with no cluster.
 
+pub mod gates;
 mod machine;
 pub mod names;
 pub mod traffic;
@@ -40,6 +41,10 @@ pub struct Observed {
     pub traffic: BTreeMap<String, i32>,
     /// The approval granted through the `locall.io/approve` annotation, if any.
     pub annotation_approval: Option<Approval>,
+    /// Metric measurements taken this tick, by metric name, for the target named below.
+    pub measurements: BTreeMap<String, gates::Measurement>,
+    /// `gates::Target::key()` of what was measured.
+    pub measured_target: Option<String>,
 }
 
 /// A Deployment's progress.
@@ -67,6 +72,8 @@ pub struct Decision {
     pub desired: Desired,
     pub jobs: Vec<JobToCreate>,
     pub events: Vec<EventOut>,
+    /// Notifications to send (event, summary).
+    pub notify: Vec<(crate::api::NotifyEvent, String)>,
     /// When to look again; `None` waits for a change.
     pub requeue: Option<Duration>,
 }

@@ -312,3 +312,150 @@ fn invalid_spec_is_reported_with_the_field() {
     assert!(st.message.contains("spec.stages[1].steps[1].weight"), "{}", st.message);
     assert!(conditions::is_true(&st.conditions, "Stalled"));
 }
+
+// ---- metric gates, go-live windows, rollback plan ----
+
+const ANALYSIS: &str = r#"
+analysis:
+  interval: 10s
+  metrics:
+  - name: error-rate
+    query: 'errors{version="{{version}}"}'
+    success: {op: "<", value: 0.01}
+    rollback: {op: ">", value: 0.05}
+    consecutive: 2
+goLive:
+  windows: [{name: 0-15m, duration: 15m, interval: 1m}, {name: 15m-2h, duration: 1h45m, interval: 5m}]
+rollback:
+  verify: [{name: smoke}]
+"#;
+
+/// A world whose Prometheus answers with `value(version, now)`; `None` means unreachable.
+fn run_measured(
+    world: &mut World,
+    spec: &LocallReleaseSpec,
+    status: &mut LocallReleaseStatus,
+    now: &mut chrono::DateTime<Utc>,
+    max: usize,
+    value: &dyn Fn(&str, chrono::DateTime<Utc>) -> Option<f64>,
+) -> Vec<Decision> {
+    let mut out = vec![];
+    for _ in 0..max {
+        world.obs.measurements.clear();
+        world.obs.measured_target = None;
+        let r = Release { name: "app", namespace: "ns", generation: Some(1), spec, status };
+        if let (Some(a), Some(t)) = (&spec.analysis, gates::target(&r, status)) {
+            for req in gates::due(&a.metrics, &status.gates, &t, *now) {
+                let m = match value(&t.version, *now) {
+                    Some(v) => gates::Measurement { value: Some(v), sample: None, error: None },
+                    None => gates::Measurement { value: None, sample: None, error: Some("connection refused".into()) },
+                };
+                world.obs.measurements.insert(req.metric, m);
+            }
+            world.obs.measured_target = Some(t.key());
+        }
+        let mut ds = run(world, spec, status, now, 1);
+        let terminal = status.phase.is_terminal();
+        out.append(&mut ds);
+        if terminal {
+            break;
+        }
+    }
+    out
+}
+
+fn v2_with_analysis(extra: &str) -> LocallReleaseSpec {
+    spec(&format!("{}{ANALYSIS}{extra}", BASE.replace("1.0.0", "2.0.0")))
+}
+
+#[test]
+fn a_bad_version_is_rolled_back_at_its_first_production_step_with_the_database_restored() {
+    let (mut w, mut st, mut now) = released_v1();
+    let s = v2_with_analysis("");
+    let ds = run_measured(&mut w, &s, &mut st, &mut now, 400, &|v, _| Some(if v == "2.0.0" { 0.08 } else { 0.001 }));
+    assert_eq!(st.phase, Phase::RolledBack, "{}", st.message);
+    let f = st.failure.as_ref().unwrap();
+    let m = f.metric.as_ref().expect("the breaching metric is recorded");
+    assert_eq!(m.metric, "error-rate");
+    assert_eq!(m.values, vec![0.08, 0.08]);
+    assert_eq!(m.threshold, "> 0.05");
+    assert!(m.context.starts_with("stage staging"), "caught in staging at 100%: {}", m.context);
+    assert!(f.traffic_restored_at.unwrap() >= m.first_breach_at);
+    assert!(f.traffic_restored_at.unwrap() - m.first_breach_at <= chrono::Duration::seconds(12), "within one interval (+2 s)");
+    assert!(f.database_restored_at.is_some());
+    assert_eq!(st.jobs.iter().filter(|j| j.kind == JobKind::Restore).count(), 1);
+    assert!(st.jobs.iter().any(|j| j.stage == "rollback" && j.name == "smoke" && j.state == JobState::Succeeded));
+    assert!(conditions::is_true(&st.conditions, "RollbackVerified"), "gates pass on the restored version");
+    assert!(ds.iter().any(|d| d.notify.iter().any(|(e, _)| *e == NotifyEvent::RolledBack)));
+    assert_eq!(w.weights["stg"].last(), Some(&0));
+}
+
+#[test]
+fn without_a_migration_a_rollback_restores_no_database() {
+    let (mut w, mut st, mut now) = released_v1();
+    let mut s = v2_with_analysis("");
+    s.hooks.as_mut().unwrap().migration = None;
+    run_measured(&mut w, &s, &mut st, &mut now, 400, &|v, _| Some(if v == "2.0.0" { 0.08 } else { 0.001 }));
+    assert_eq!(st.phase, Phase::RolledBack);
+    assert!(st.jobs.iter().all(|j| j.kind != JobKind::Restore));
+    assert!(st.failure.as_ref().unwrap().database_restored_at.is_none());
+}
+
+#[test]
+fn a_degradation_in_a_go_live_window_rolls_back_while_the_previous_version_is_still_ready() {
+    let s = v2_with_analysis("");
+    // Healthy until 20 minutes after reaching 100%, then 20% errors.
+    let (mut w, mut st, mut now2) = released_v1();
+    let mut first_golive = None;
+    for _ in 0..800 {
+        let live = first_golive;
+        run_measured(&mut w, &s, &mut st, &mut now2, 1, &|v, t| {
+            if v == "2.0.0" && live.is_some_and(|at: chrono::DateTime<Utc>| t - at > chrono::Duration::minutes(20)) {
+                Some(0.2)
+            } else {
+                Some(0.001)
+            }
+        });
+        if st.phase == Phase::GoLive && first_golive.is_none() {
+            first_golive = Some(now2);
+            // While watching after 100%, the previous version is kept deployed and ready.
+            let r = Release { name: "app", namespace: "ns", generation: Some(1), spec: &s, status: &st };
+            let d = decide(r, &w.obs, now2);
+            let prod = &d.desired.stages[1];
+            assert!(prod.deployments.iter().any(|d| d.version == "1.0.0" && d.replicas == 2), "{:?}", prod.deployments);
+            assert_eq!(prod.traffic.as_ref().unwrap().weight, 100);
+        }
+        if st.phase.is_terminal() {
+            break;
+        }
+    }
+    assert_eq!(st.phase, Phase::RolledBack, "{}", st.message);
+    let m = st.failure.as_ref().unwrap().metric.clone().unwrap();
+    assert_eq!(m.context, "go-live window 15m-2h", "caught by the second window");
+    assert_eq!(w.weights["prod"].last(), Some(&0));
+}
+
+#[test]
+fn with_prometheus_unreachable_the_release_holds_and_resumes_when_it_returns() {
+    let (mut w, mut st, mut now) = released_v1();
+    let s = v2_with_analysis("");
+    let down_until = now + chrono::Duration::minutes(10);
+    let ds = run_measured(&mut w, &s, &mut st, &mut now, 30, &|_, t| if t < down_until { None } else { Some(0.001) });
+    assert_eq!(st.phase, Phase::Staging, "holds in staging while Prometheus is down: {}", st.message);
+    assert!(st.message.contains("connection refused"), "{}", st.message);
+    assert!(ds.last().unwrap().status.conditions.iter().any(|c| c.type_ == "Reconciling" && c.reason == "GateHold"));
+    run_measured(&mut w, &s, &mut st, &mut now, 2000, &|_, t| if t < down_until { None } else { Some(0.001) });
+    assert_eq!(st.phase, Phase::Succeeded, "{}", st.message);
+}
+
+#[test]
+fn dry_run_reports_a_breach_without_acting() {
+    let (mut w, mut st, mut now) = released_v1();
+    let mut s = v2_with_analysis("");
+    s.analysis.as_mut().unwrap().dry_run = true;
+    s.go_live = None;
+    let ds = run_measured(&mut w, &s, &mut st, &mut now, 400, &|v, _| Some(if v == "2.0.0" { 0.08 } else { 0.001 }));
+    assert_eq!(st.phase, Phase::Succeeded);
+    assert!(ds.iter().flat_map(|d| &d.events).any(|e| e.reason == "DryRunBreach"));
+    assert!(st.gates.iter().any(|g| g.verdict == Verdict::Fail));
+}

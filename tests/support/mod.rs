@@ -152,6 +152,7 @@ impl Operator {
         cmd.env("KUBECONFIG", &c.kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .args(["--metrics-addr", &format!("127.0.0.1:{port}"), "--release-selector", selector, "--log-format", "json"])
+            .args(["--prometheus-url", &c.prometheus_url])
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         let child = spawn_tied_to_process(cmd);
@@ -208,4 +209,34 @@ fn spawn_tied_to_process(mut cmd: Command) -> std::process::Child {
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A webhook receiver on loopback that records every JSON body POSTed to it.
+pub struct Receiver {
+    pub url: String,
+    pub received: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        use axum::{routing::post, Router};
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let r = received.clone();
+        let app = Router::new().route(
+            "/hook",
+            post(move |body: String| {
+                let r = r.clone();
+                async move {
+                    r.lock().unwrap().push(serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)));
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver { url, received }
+    }
 }

@@ -1,0 +1,313 @@
+//! Metric gates, pure: what to measure now, the verdict of a measurement, and whether the gates
+//! let a release move on, hold it, or call for a rollback. Missing data or an unreachable
+//! Prometheus never promotes (unless a metric's policy explicitly says Pass).
+
+use super::{names, Release};
+use crate::api::{GateStatus, LocallReleaseStatus, Metric, Phase, Policy, Verdict};
+use chrono::{DateTime, Utc};
+use std::{collections::BTreeMap, time::Duration};
+
+/// What a measurement is about: a version in a stage namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    pub namespace: String,
+    pub service: String,
+    pub version: String,
+    pub stage: String,
+    /// Default interval in this context (analysis interval, or the go-live window's).
+    pub interval: Duration,
+}
+
+impl Target {
+    /// `<stage>/<version>`: recorded with each gate so a value is never read for another target.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.stage, self.version)
+    }
+}
+
+/// One query to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    pub metric: String,
+    pub query: String,
+    pub sample_query: Option<String>,
+}
+
+/// What came back.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Measurement {
+    pub value: Option<f64>,
+    pub sample: Option<f64>,
+    pub error: Option<String>,
+}
+
+/// Fills a query's placeholders.
+pub fn render(query: &str, t: &Target) -> String {
+    query
+        .replace("{{namespace}}", &t.namespace)
+        .replace("{{service}}", &t.service)
+        .replace("{{version}}", &t.version)
+        .replace("{{stage}}", &t.stage)
+}
+
+/// What the gates watch in the release's current state, if anything.
+pub fn target(r: &Release<'_>, st: &LocallReleaseStatus) -> Option<Target> {
+    let analysis = r.spec.analysis.as_ref()?;
+    let last = r.spec.stages.len().checked_sub(1)?;
+    let ns = |i: usize| r.spec.stage_namespace(i.min(last), r.namespace).to_string();
+    let stage_name = |i: usize| r.spec.stages[i.min(last)].name.clone();
+    let mk = |i: usize, version: &str, interval: Duration| Target {
+        namespace: ns(i),
+        service: names::entry_service(r.name),
+        version: version.to_string(),
+        stage: stage_name(i),
+        interval,
+    };
+    match st.phase {
+        Phase::Staging | Phase::Production if st.step_started_at.is_some() => {
+            Some(mk(st.stage_index as usize, &st.candidate_version, analysis.interval.get()))
+        }
+        Phase::GoLive => {
+            let windows = r.spec.go_live.clone().unwrap_or_default().effective();
+            let w = windows.get(st.window_index as usize)?;
+            Some(mk(last, &st.candidate_version, w.interval.get()))
+        }
+        Phase::RollingBack => {
+            let f = st.failure.as_ref()?;
+            f.traffic_restored_at?;
+            let stable = st.stable.as_ref().filter(|s| s.revision != st.revision)?;
+            let i = r.spec.stages.iter().position(|s| s.name == f.stage).unwrap_or(last);
+            Some(mk(i, &stable.version, analysis.interval.get()))
+        }
+        _ => None,
+    }
+}
+
+fn interval(m: &Metric, t: &Target) -> Duration {
+    m.interval.as_ref().map(|d| d.get()).unwrap_or(t.interval)
+}
+
+/// The queries due now for `t`: metrics never measured for it, or whose interval has passed.
+pub fn due(metrics: &[Metric], gates: &[GateStatus], t: &Target, now: DateTime<Utc>) -> Vec<Request> {
+    metrics
+        .iter()
+        .filter(|m| match gates.iter().find(|g| g.metric == m.name && g.target == t.key()) {
+            None => true,
+            Some(g) => now >= super::now_plus(g.measured_at, interval(m, t)),
+        })
+        .map(|m| Request {
+            metric: m.name.clone(),
+            query: render(&m.query, t),
+            sample_query: m.sample_query.as_ref().map(|q| render(q, t)),
+        })
+        .collect()
+}
+
+/// When the next measurement for `t` is due.
+pub fn next_due(metrics: &[Metric], gates: &[GateStatus], t: &Target, now: DateTime<Utc>) -> Duration {
+    metrics
+        .iter()
+        .map(|m| match gates.iter().find(|g| g.metric == m.name && g.target == t.key()) {
+            None => Duration::ZERO,
+            Some(g) => (super::now_plus(g.measured_at, interval(m, t)) - now).to_std().unwrap_or(Duration::ZERO),
+        })
+        .min()
+        .unwrap_or(t.interval)
+}
+
+/// The verdict of one measurement and why (pure).
+pub fn verdict(m: &Metric, x: &Measurement) -> (Verdict, String) {
+    if let Some(e) = &x.error {
+        return by_policy(m.on_error, Verdict::Error, format!("query failed: {e}"));
+    }
+    if let (Some(min), Some(sample)) = (m.min_sample, x.sample) {
+        if sample < min {
+            return by_policy(m.no_data, Verdict::NoData, format!("sample {sample} below the minimum {min}"));
+        }
+    }
+    if m.min_sample.is_some() && m.sample_query.is_some() && x.sample.is_none() {
+        return by_policy(m.no_data, Verdict::NoData, "no sample".into());
+    }
+    let Some(v) = x.value.filter(|v| v.is_finite()) else {
+        return by_policy(m.no_data, Verdict::NoData, "no data".into());
+    };
+    if let Some(t) = &m.rollback {
+        if t.holds(v) {
+            return (Verdict::Fail, format!("{v} breaches the rollback trigger {t}"));
+        }
+    }
+    match &m.success {
+        Some(t) if t.holds(v) => (Verdict::Pass, format!("{v} meets {t}")),
+        Some(t) => (Verdict::Inconclusive, format!("{v} does not meet {t} yet")),
+        None => (Verdict::Pass, format!("{v} within the rollback trigger")),
+    }
+}
+
+fn by_policy(p: Policy, held: Verdict, why: String) -> (Verdict, String) {
+    match p {
+        Policy::Hold => (held, format!("{why} (holding)")),
+        Policy::Fail => (Verdict::Fail, format!("{why} (counts as a breach)")),
+        Policy::Pass => (Verdict::Pass, format!("{why} (counts as a pass)")),
+    }
+}
+
+/// Folds this tick's measurements into the gates' status.
+pub fn fold(metrics: &[Metric], gates: &mut Vec<GateStatus>, t: &Target, measured: &BTreeMap<String, Measurement>, now: DateTime<Utc>) {
+    for m in metrics {
+        let Some(x) = measured.get(&m.name) else { continue };
+        let (v, message) = verdict(m, x);
+        let prev = gates.iter().position(|g| g.metric == m.name);
+        let same_target = prev.is_some_and(|i| gates[i].target == t.key());
+        let (mut breaches, mut values, mut first) = match prev {
+            Some(i) if same_target => (gates[i].breaches, gates[i].breach_values.clone(), gates[i].first_breach_at),
+            _ => (0, vec![], None),
+        };
+        match v {
+            Verdict::Fail => {
+                breaches += 1;
+                values.push(x.value.unwrap_or(f64::NAN));
+                first.get_or_insert(now);
+            }
+            Verdict::Pass | Verdict::Inconclusive => {
+                breaches = 0;
+                values.clear();
+                first = None;
+            }
+            Verdict::NoData | Verdict::Error => {}
+        }
+        let keep = values.len().saturating_sub(10);
+        let g = GateStatus {
+            metric: m.name.clone(),
+            target: t.key(),
+            value: x.value.filter(|v| v.is_finite()),
+            sample: x.sample,
+            verdict: v,
+            message,
+            measured_at: now,
+            breaches,
+            breach_values: values.split_off(keep),
+            first_breach_at: first,
+        };
+        match prev {
+            Some(i) => gates[i] = g,
+            None => gates.push(g),
+        }
+    }
+}
+
+/// Where the gates stand for a target.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// Every metric's latest verdict (taken after `since`) is a pass.
+    Pass,
+    /// Not yet: the reasons, one per metric holding.
+    Hold(Vec<String>),
+    /// A rollback trigger breached `consecutive` times: the metric's status.
+    Breach(GateStatus),
+}
+
+pub fn outcome(metrics: &[Metric], gates: &[GateStatus], t: &Target, since: Option<DateTime<Utc>>) -> Outcome {
+    let mut holding = vec![];
+    for m in metrics {
+        match gates.iter().find(|g| g.metric == m.name && g.target == t.key()) {
+            Some(g) if g.breaches >= m.consecutive => return Outcome::Breach(g.clone()),
+            Some(g) if since.is_some_and(|s| g.measured_at < s) => holding.push(format!("{}: not measured yet", m.name)),
+            Some(g) if g.verdict == Verdict::Pass => {}
+            Some(g) => holding.push(format!("{}: {}", m.name, g.message)),
+            None => holding.push(format!("{}: not measured yet", m.name)),
+        }
+    }
+    if holding.is_empty() {
+        Outcome::Pass
+    } else {
+        Outcome::Hold(holding)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Threshold;
+
+    fn metric(yaml: &str) -> Metric {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn m(v: Option<f64>) -> Measurement {
+        Measurement { value: v, sample: None, error: None }
+    }
+
+    const ERR: &str =
+        r#"{name: error-rate, query: "q", success: {op: "<", value: 0.001}, rollback: {op: ">", value: 0.05}, consecutive: 3}"#;
+
+    #[test]
+    fn verdicts_follow_thresholds_and_policies() {
+        let e = metric(ERR);
+        assert_eq!(verdict(&e, &m(Some(0.0005))).0, Verdict::Pass);
+        assert_eq!(verdict(&e, &m(Some(0.01))).0, Verdict::Inconclusive);
+        assert_eq!(verdict(&e, &m(Some(0.08))).0, Verdict::Fail);
+        assert_eq!(verdict(&e, &m(None)).0, Verdict::NoData, "no data holds by default: never promotes");
+        assert_eq!(verdict(&e, &m(Some(f64::NAN))).0, Verdict::NoData, "NaN (0/0) is no data, no hand-written check needed");
+        let x = Measurement { value: None, sample: None, error: Some("connection refused".into()) };
+        assert_eq!(verdict(&e, &x).0, Verdict::Error);
+        let strict = metric(r#"{name: e, query: q, rollback: {op: ">", value: 0.05}, noData: Fail, onError: Fail}"#);
+        assert_eq!(verdict(&strict, &m(None)).0, Verdict::Fail);
+        assert_eq!(verdict(&strict, &x).0, Verdict::Fail);
+        let sample = metric(r#"{name: e, query: q, success: {op: "<", value: 0.01}, sampleQuery: s, minSample: 100}"#);
+        let small = Measurement { value: Some(0.0), sample: Some(20.0), error: None };
+        assert_eq!(verdict(&sample, &small).0, Verdict::NoData, "too few requests to judge");
+        assert!(Threshold { op: ">=".into(), value: 2.0 }.holds(2.0));
+    }
+
+    #[test]
+    fn consecutive_breaches_trigger_and_a_pass_resets_them() {
+        let metrics = vec![metric(ERR)];
+        let t = Target {
+            namespace: "prod".into(),
+            service: "api".into(),
+            version: "3.0.0".into(),
+            stage: "production".into(),
+            interval: Duration::from_secs(10),
+        };
+        let mut gates = vec![];
+        let now = Utc::now();
+        let tick = |gates: &mut Vec<GateStatus>, v: Option<f64>, s: i64| {
+            fold(&metrics, gates, &t, &BTreeMap::from([("error-rate".to_string(), m(v))]), now + chrono::Duration::seconds(s));
+            outcome(&metrics, gates, &t, None)
+        };
+        assert!(matches!(tick(&mut gates, Some(0.08), 0), Outcome::Hold(_)));
+        assert!(matches!(tick(&mut gates, Some(0.0001), 10), Outcome::Pass), "a pass resets the run");
+        tick(&mut gates, Some(0.08), 20);
+        tick(&mut gates, None, 30); // no data neither counts nor resets
+        tick(&mut gates, Some(0.09), 40);
+        match tick(&mut gates, Some(0.07), 50) {
+            Outcome::Breach(g) => {
+                assert_eq!(g.breach_values, vec![0.08, 0.09, 0.07]);
+                assert_eq!(g.first_breach_at, Some(now + chrono::Duration::seconds(20)));
+            }
+            o => panic!("expected a breach, got {o:?}"),
+        }
+    }
+
+    #[test]
+    fn queries_get_their_placeholders_and_are_due_by_interval() {
+        let metrics = vec![metric(
+            r#"{name: p95, query: "x{namespace=\"{{namespace}}\",version=\"{{version}}\",service=\"{{service}}\"}", rollback: {op: ">", value: 2}, interval: 1m}"#,
+        )];
+        let t = Target {
+            namespace: "prod".into(),
+            service: "api".into(),
+            version: "3.0.0".into(),
+            stage: "production".into(),
+            interval: Duration::from_secs(10),
+        };
+        let now = Utc::now();
+        let d = due(&metrics, &[], &t, now);
+        assert_eq!(d[0].query, r#"x{namespace="prod",version="3.0.0",service="api"}"#);
+        let mut gates = vec![];
+        fold(&metrics, &mut gates, &t, &BTreeMap::from([("p95".to_string(), m(Some(0.3)))]), now);
+        assert!(due(&metrics, &gates, &t, now + chrono::Duration::seconds(30)).is_empty());
+        assert_eq!(due(&metrics, &gates, &t, now + chrono::Duration::seconds(60)).len(), 1);
+        assert_eq!(next_due(&metrics, &gates, &t, now + chrono::Duration::seconds(45)), Duration::from_secs(15));
+    }
+}
