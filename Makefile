@@ -18,6 +18,11 @@ cluster:
 down:
 	tests/cluster/down
 
+## The whole story, narrated: releases 1.0.0 and 2.0.0, then a bad 3.0.0 rolled back automatically.
+## Leaves the cluster and the demo operator running (`make down` stops them).
+demo:
+	CARGO="$(CARGO)" scripts/demo
+
 ## CRDs are generated from the Rust types; CI fails when the committed file is stale.
 crds:
 	$(CARGO) run --quiet --bin crdgen > crds/locallreleases.yaml
@@ -29,6 +34,10 @@ crds-check:
 ## Unit tests (pure engine, no cluster) and the end-to-end suites on the local cluster.
 test: crds-check build cluster
 	$(CARGO) test --no-fail-fast -- --test-threads 4
+
+## Benchmarks on the local cluster: reaction time of the automatic rollback (BENCH_FAILURES=20).
+bench: build cluster
+	$(CARGO) bench --bench reaction
 
 unit:
 	$(CARGO) test --lib

@@ -248,3 +248,39 @@ async fn an_operator_killed_mid_release_resumes_from_status_and_creates_no_job_t
     names.dedup();
     assert_eq!(names.len(), 10, "5 Jobs for v1 and 5 for v2, no more: {names:?}");
 }
+
+#[tokio::test]
+async fn an_on_demand_rollback_puts_traffic_back_and_restores_the_database() {
+    shared_operator();
+    let (client, ns) = setup("rel-manual").await;
+    apply_yaml(&client, &ns, &manifest(&ns, "1.0.0", "gateway", "", false)).await;
+    let v1 = wait_phase(&client, &ns, Phase::Succeeded, 120).await;
+    let stable_rev = v1.status.unwrap().revision;
+    // A long pause at the first production step, to act while traffic is split.
+    let slow = manifest(&ns, "2.0.0", "gateway", "", false).replace("{weight: 10, pause: 3s}", "{weight: 10, pause: 10m}");
+    apply_yaml(&client, &ns, &slow).await;
+    wait_for(Duration::from_secs(120), "2.0.0 at 10% in production", || async {
+        let st = release(&client, &ns).await?.status?;
+        (st.candidate_version == "2.0.0" && st.phase == Phase::Production && st.weight == 10 && st.step_started_at.is_some()).then_some(())
+    })
+    .await;
+    let (ok, _, err) = kubectl(&[
+        "-n",
+        &ns,
+        "annotate",
+        "--overwrite",
+        "lr/locall-api",
+        r#"locall.io/request={"action":"rollback","id":"r1","by":"oncall@locall.io"}"#,
+    ]);
+    assert!(ok, "{err}");
+    let lr = wait_phase(&client, &ns, Phase::RolledBack, 60).await;
+    let st = lr.status.unwrap();
+    let f = st.failure.unwrap();
+    assert_eq!(f.reason, "ManualRollback");
+    assert!(f.message.contains("oncall@locall.io"), "{}", f.message);
+    assert!(f.database_restored_at.is_some(), "the migration changed the schema: restored");
+    let w = candidate_route_weights(&client, &ns).await.unwrap();
+    assert_eq!(w.get(&format!("locall-api-{stable_rev}")), Some(&100));
+    assert_eq!(w.values().sum::<i64>(), 100, "nothing on the rolled-back version: {w:?}");
+    assert_eq!(lr.spec.version, "2.0.0", "the spec is untouched");
+}

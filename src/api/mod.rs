@@ -30,4 +30,8 @@ pub mod labels {
     pub const JOB_KIND: &str = "locall.io/job-kind";
     /// Annotation granting an approval: `{"stage":"production","version":"2.0.0","by":"alice"}`.
     pub const APPROVE: &str = "locall.io/approve";
+    /// Annotation carrying an imperative request, handled once per id:
+    /// `{"action":"rollback","id":"<unique>","by":"alice"}`; actions: rollback, abort, retry,
+    /// pause, resume, promote, promote-full.
+    pub const REQUEST: &str = "locall.io/request";
 }

@@ -92,7 +92,7 @@ pub struct LocallReleaseSpec {
     pub notifications: Vec<Notification>,
 
     /// Approvals granted in git (GitOps): each names the stage and the version it approves.
-    /// The `kubectl locall approve` command grants through an annotation instead.
+    /// The `locall.io/approve` annotation grants one without a commit.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 50))]
     pub approvals: Vec<Approval>,

@@ -69,6 +69,21 @@ pub struct LocallReleaseStatus {
     /// The latest measurement of each metric gate, with its verdict.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gates: Vec<GateStatus>,
+    /// Set by a `pause` request: the release waits until `resume`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+    /// Id of the last `locall.io/request` handled (each is handled once).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub handled_request: String,
+    /// Retries of this revision (`retry` after a failure); part of the Job names.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+    /// A `promote` request: the step index whose pause and gate hold are skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_step: Option<u32>,
+    /// A `promote-full` request: straight to 100% and past the go-live windows.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub promoted_full: bool,
     /// The go-live window in progress (its name).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub window: String,
@@ -81,6 +96,19 @@ pub struct LocallReleaseStatus {
     /// Kubernetes conditions: Ready, Reconciling, Stalled (kstatus semantics).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// An imperative request read from the `locall.io/request` annotation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct Request {
+    pub action: String,
+    pub id: String,
+    #[serde(default)]
+    pub by: String,
 }
 
 /// The release's phase.
@@ -217,7 +245,7 @@ pub struct ApprovalRecord {
     pub by: String,
     /// When the operator recorded it.
     pub at: DateTime<Utc>,
-    /// Where it came from: `spec` (git) or `annotation` (kubectl locall approve).
+    /// Where it came from: `spec` (git) or `annotation` (`locall.io/approve`).
     pub source: String,
 }
 

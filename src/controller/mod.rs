@@ -174,8 +174,10 @@ async fn reconcile_release(lr: &LocallRelease, ctx: &Context) -> Result<Action, 
             break;
         }
     }
-    if let Err(msg) = observe::annotation_approval(lr) {
-        events.push(engine::EventOut { warning: true, reason: "InvalidAnnotation".into(), message: msg });
+    for bad in [observe::annotation_approval(lr).err(), observe::request(lr).err()].into_iter().flatten() {
+        if original.conditions.is_empty() || status != original {
+            events.push(engine::EventOut { warning: true, reason: "InvalidAnnotation".into(), message: bad });
+        }
     }
     if status != original {
         write_status(ctx, lr, &status).await?;
@@ -199,6 +201,7 @@ async fn observe(ctx: &Context, lr: &LocallRelease, status: &LocallReleaseStatus
         deployments: observe::deployments(&ctx.deployments, lr),
         jobs: observe::jobs(&ctx.jobs, lr),
         annotation_approval: observe::annotation_approval(lr).ok().flatten(),
+        request: observe::request(lr).ok().flatten(),
         ..Default::default()
     };
     let revision = names::revision(&lr.spec);

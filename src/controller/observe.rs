@@ -67,3 +67,13 @@ pub fn annotation_approval(lr: &LocallRelease) -> Result<Option<Approval>, Strin
             .map_err(|e| format!("annotation {}: expected {{\"stage\":..,\"version\":..,\"by\":..}}: {e}", labels::APPROVE)),
     }
 }
+
+/// The imperative request in the annotation, if it parses.
+pub fn request(lr: &LocallRelease) -> Result<Option<crate::api::Request>, String> {
+    match lr.annotations().get(labels::REQUEST) {
+        None => Ok(None),
+        Some(v) => serde_json::from_str(v)
+            .map(Some)
+            .map_err(|e| format!("annotation {}: expected {{\"action\":..,\"id\":..,\"by\":..}}: {e}", labels::REQUEST)),
+    }
+}

@@ -71,6 +71,9 @@ pub fn decide(r: Release<'_>, obs: &Observed, now: DateTime<Utc>) -> Decision {
     }
     t.st.observed_generation = r.generation;
 
+    if let Some(req) = obs.request.as_ref().filter(|q| q.id != t.st.handled_request && !q.id.is_empty()) {
+        t.handle_request(req);
+    }
     let problems = validate(r.spec);
     let mut requeue = None;
     if !problems.is_empty() && !t.st.phase.is_terminal() {
@@ -133,11 +136,54 @@ impl<'a> Tick<'a> {
         let stable = self.st.stable.clone();
         let mut conditions = std::mem::take(&mut self.st.conditions);
         conditions.retain(|c| c.type_ != ROLLBACK_VERIFIED);
-        self.st = LocallReleaseStatus { revision, candidate_version: version, stable, conditions, ..Default::default() };
+        let handled_request = std::mem::take(&mut self.st.handled_request);
+        self.st = LocallReleaseStatus { revision, candidate_version: version, stable, conditions, handled_request, ..Default::default() };
         self.st.phase_started_at = Some(self.now);
     }
 
+    fn handle_request(&mut self, req: &crate::api::Request) {
+        self.st.handled_request = req.id.clone();
+        let by = if req.by.is_empty() { "someone".to_string() } else { req.by.clone() };
+        let active = !self.st.phase.is_terminal();
+        match req.action.as_str() {
+            "rollback" | "abort" if active => {
+                self.event(true, "RollbackRequested", format!("{} requested by {by}", req.action));
+                self.fail("ManualRollback", &format!("{} requested by {by}", req.action));
+            }
+            "retry" if matches!(self.st.phase, Phase::Failed | Phase::RolledBack) => {
+                let attempt = self.st.attempt + 1;
+                let revision = self.st.revision.clone();
+                self.start_release(revision);
+                self.st.attempt = attempt;
+                self.st.handled_request = req.id.clone();
+                self.event(false, "RetryRequested", format!("retry {attempt} of {} requested by {by}", self.r.spec.version));
+            }
+            "pause" if active => {
+                self.st.paused = true;
+                self.event(false, "Paused", format!("paused by {by}"));
+            }
+            "resume" if self.st.paused => {
+                self.st.paused = false;
+                self.event(false, "Resumed", format!("resumed by {by}"));
+            }
+            "promote" if active => {
+                self.st.promoted_step = Some(self.st.step);
+                self.event(false, "PromoteRequested", format!("promote past step {} requested by {by}", self.st.step + 1));
+            }
+            "promote-full" if active => {
+                self.st.promoted_full = true;
+                self.event(false, "PromoteRequested", format!("full promotion requested by {by}"));
+            }
+            other => self.event(true, "RequestIgnored", format!("request {other:?} by {by} does not apply in phase {}", self.st.phase)),
+        }
+    }
+
     fn step(&mut self) -> Flow {
+        if self.st.paused && !self.st.phase.is_terminal() && self.st.phase != Phase::RollingBack {
+            self.st.message = "paused (a `resume` request in the locall.io/request annotation continues it)".into();
+            self.reason = "Paused".into();
+            return Flow::Wait(None);
+        }
         match self.st.phase {
             Phase::Pending => {
                 let from = self.st.stable.as_ref().map(|s| s.version.clone()).unwrap_or_else(|| "nothing".into());
@@ -195,7 +241,7 @@ impl<'a> Tick<'a> {
     /// Drives one Job: creates it once, follows it, records its outcome. `None` when it has
     /// succeeded (go on), `Some(flow)` when the caller must stop here.
     fn run_job(&mut self, kind: JobKind, name: &str, stage: &str, ns: &str, tpl: &JobTemplate, suffix: &str) -> Option<Flow> {
-        let job_name = names::job(self.r.name, &self.st.revision, suffix);
+        let job_name = names::job(self.r.name, &self.job_rev(), suffix);
         let idx = self.st.jobs.iter().position(|j| j.job_name == job_name && j.namespace == ns);
         let observed = self.obs.jobs.get(&(ns.to_string(), job_name.clone()));
         let idx = match idx {
@@ -290,6 +336,7 @@ impl<'a> Tick<'a> {
         self.st.weight = 0;
         self.st.step_started_at = None;
         self.st.stage_ready_at = None;
+        self.st.promoted_step = None;
         if stage.approval && !self.st.approvals.iter().any(|a| a.stage == stage.name) {
             let msg = format!("stage {} of {} waits for approval", stage.name, self.r.spec.version);
             self.set_phase(Phase::AwaitingApproval, msg);
@@ -394,7 +441,8 @@ impl<'a> Tick<'a> {
             return f;
         }
         let next_measure = self.next_measure();
-        if let Some(p) = pause {
+        let promoted = self.st.promoted_full || self.st.promoted_step == Some(step as u32);
+        if let Some(p) = pause.filter(|_| !promoted) {
             let until = now_plus(since, p);
             if self.now < until {
                 self.st.message = format!("stage {}: holding {weight}% until {}", stage.name, until.format("%H:%M:%S"));
@@ -406,13 +454,14 @@ impl<'a> Tick<'a> {
         let watched_after = i + 1 == self.r.spec.stages.len()
             && step + 1 == weights.len()
             && self.r.spec.go_live.as_ref().is_some_and(|g| !g.effective().is_empty());
-        if let (Some(GateFlow::Hold(why)), false) = (&gate, watched_after) {
+        if let (Some(GateFlow::Hold(why)), false) = (&gate, watched_after || promoted) {
             self.st.message = format!("stage {}: holding {weight}%: metric gates not passed ({why})", stage.name);
             self.reason = "GateHold".into();
             return Flow::Wait(next_measure.or(Some(super::POLL)));
         }
         if step + 1 < weights.len() {
-            self.st.step = step as u32 + 1;
+            self.st.step = if self.st.promoted_full { weights.len() as u32 - 1 } else { step as u32 + 1 };
+            self.st.promoted_step = None;
             self.st.step_started_at = None;
             return Flow::Next;
         }
@@ -447,12 +496,21 @@ impl<'a> Tick<'a> {
         stage.steps.iter().map(|s| (s.weight, s.pause.as_ref().map(|d| d.get()))).collect()
     }
 
+    /// The revision part of Job names: a retry gets fresh names, so it really runs again.
+    fn job_rev(&self) -> String {
+        if self.st.attempt == 0 {
+            self.st.revision.clone()
+        } else {
+            format!("{}-r{}", self.st.revision, self.st.attempt)
+        }
+    }
+
     fn job_succeeded(&self, job_name: &str) -> bool {
         self.st.jobs.iter().any(|j| j.job_name == job_name && j.state == JobState::Succeeded)
     }
 
     fn go_live(&mut self) -> Flow {
-        let windows = self.r.spec.go_live.clone().map(|g| g.effective()).unwrap_or_default();
+        let windows = if self.st.promoted_full { vec![] } else { self.r.spec.go_live.clone().map(|g| g.effective()).unwrap_or_default() };
         while let Some(w) = windows.get(self.st.window_index as usize) {
             if self.st.window_started_at.is_none() {
                 self.st.window = w.name.clone();
@@ -726,7 +784,7 @@ impl<'a> Tick<'a> {
 
     fn verify_done(&self, i: usize) -> bool {
         let stage = &self.r.spec.stages[i];
-        stage.verify.iter().all(|v| self.job_succeeded(&names::job(self.r.name, &self.st.revision, &format!("{}-{}", stage.name, v.name))))
+        stage.verify.iter().all(|v| self.job_succeeded(&names::job(self.r.name, &self.job_rev(), &format!("{}-{}", stage.name, v.name))))
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Observed {
     pub traffic: BTreeMap<String, i32>,
     /// The approval granted through the `locall.io/approve` annotation, if any.
     pub annotation_approval: Option<Approval>,
+    /// The imperative request in the `locall.io/request` annotation, if any.
+    pub request: Option<crate::api::Request>,
     /// Metric measurements taken this tick, by metric name, for the target named below.
     pub measurements: BTreeMap<String, gates::Measurement>,
     /// `gates::Target::key()` of what was measured.

@@ -459,3 +459,75 @@ fn dry_run_reports_a_breach_without_acting() {
     assert!(ds.iter().flat_map(|d| &d.events).any(|e| e.reason == "DryRunBreach"));
     assert!(st.gates.iter().any(|g| g.verdict == Verdict::Fail));
 }
+
+// ---- imperative requests (the plugin's actions) ----
+
+fn request(w: &mut World, action: &str, id: &str) {
+    w.obs.request = Some(crate::api::Request { action: action.into(), id: id.into(), by: "alice".into() });
+}
+
+#[test]
+fn on_demand_rollback_pause_resume_promote_and_retry() {
+    let (mut w, mut st, mut now) = released_v1();
+    let mut s = v2("gateway");
+    s.hooks.as_mut().unwrap().migration = None;
+    // Reach production's first step (5%, pause 1m), then pause: nothing moves.
+    for _ in 0..100 {
+        run(&mut w, &s, &mut st, &mut now, 1);
+        if st.phase == Phase::Production && st.step_started_at.is_some() {
+            break;
+        }
+    }
+    assert_eq!(st.weight, 5);
+    request(&mut w, "pause", "1");
+    run(&mut w, &s, &mut st, &mut now, 1);
+    now += chrono::Duration::minutes(10);
+    run(&mut w, &s, &mut st, &mut now, 3);
+    assert!(st.paused && st.weight == 5, "paused at 5%: {}", st.message);
+    // The same request is handled once: resuming needs a new id.
+    request(&mut w, "resume", "2");
+    run(&mut w, &s, &mut st, &mut now, 1);
+    assert!(!st.paused);
+    // Promote skips the current step's pause.
+    let (step0, at) = (st.step, now);
+    request(&mut w, "promote", "3");
+    let d = run(&mut w, &s, &mut st, &mut now, 1);
+    assert_eq!(st.step, step0 + 1, "promoted past the 1m pause at once");
+    assert_eq!(now - at, chrono::Duration::seconds(d[0].requeue.unwrap().as_secs().max(1) as i64));
+    assert_eq!(d[0].desired.stages[1].traffic.as_ref().unwrap().weight, st.weight);
+    // On-demand rollback: traffic back at once, no database to restore (no migration).
+    request(&mut w, "rollback", "4");
+    run(&mut w, &s, &mut st, &mut now, 20);
+    assert_eq!(st.phase, Phase::RolledBack);
+    assert_eq!(st.failure.as_ref().unwrap().reason, "ManualRollback");
+    assert!(st.failure.as_ref().unwrap().message.contains("alice"));
+    assert_eq!(w.weights["prod"].last(), Some(&0));
+    // Retry runs the same version again, with fresh Job names.
+    let jobs_before = w.created.len();
+    request(&mut w, "retry", "5");
+    run(&mut w, &s, &mut st, &mut now, 300);
+    assert_eq!(st.phase, Phase::Succeeded, "{}", st.message);
+    assert_eq!(st.attempt, 1);
+    assert!(w.created.len() > jobs_before, "the retry ran its Jobs again");
+    // A request that does not apply is ignored, with an Event.
+    request(&mut w, "pause", "6");
+    let d = run(&mut w, &s, &mut st, &mut now, 1);
+    assert!(d[0].events.iter().any(|e| e.reason == "RequestIgnored"));
+}
+
+#[test]
+fn promote_full_goes_straight_to_100_and_past_the_windows() {
+    let (mut w, mut st, mut now) = released_v1();
+    let s = v2_with_analysis("");
+    for _ in 0..100 {
+        run_measured(&mut w, &s, &mut st, &mut now, 1, &|_, _| Some(0.001));
+        if st.phase == Phase::Production && st.step_started_at.is_some() {
+            break;
+        }
+    }
+    let start = now;
+    request(&mut w, "promote-full", "1");
+    run_measured(&mut w, &s, &mut st, &mut now, 50, &|_, _| Some(0.001));
+    assert_eq!(st.phase, Phase::Succeeded);
+    assert!(now - start < chrono::Duration::minutes(2), "no pauses, no windows");
+}

@@ -65,12 +65,17 @@ pub async fn apply_yaml(client: &Client, ns: &str, yaml: &str) {
         discovery::Discovery,
     };
     let discovery = Discovery::new(client.clone()).run().await.expect("discovery");
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let v: serde_json::Value = serde::Deserialize::deserialize(doc).expect("yaml");
-        if v.is_null() {
-            continue;
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
+        .filter(|v: &serde_json::Value| !v.is_null())
+        .collect();
+    for v in docs {
+        let mut obj: DynamicObject = serde_json::from_value(v).expect("object");
+        // The tests' releases carry a label, so the tests' operator takes only them (and an
+        // operator left running by `make demo` can leave them alone).
+        if obj.types.as_ref().is_some_and(|t| t.kind == "LocallRelease") {
+            obj.metadata.labels.get_or_insert_with(Default::default).insert("locall.io/e2e".into(), "true".into());
         }
-        let obj: DynamicObject = serde_json::from_value(v).expect("object");
         let tm = obj.types.clone().expect("apiVersion and kind");
         let gvk = kube::api::GroupVersionKind::try_from(&tm).expect("gvk");
         let (ar, caps) = discovery.resolve_gvk(&gvk).unwrap_or_else(|| panic!("unknown kind {gvk:?}"));
@@ -172,11 +177,12 @@ impl Drop for Operator {
     }
 }
 
-/// The operator shared by the tests of one test binary: it reconciles every release not
-/// labelled `locall.io/operator` (tests that need their own operator set that label).
+/// The operator shared by the tests of one test binary: it reconciles the tests' releases
+/// (`locall.io/e2e=true`, set by `apply_yaml`) except those labelled `locall.io/operator`
+/// (tests that run their own operator set that label).
 pub fn shared_operator() {
     static OP: OnceLock<std::sync::Mutex<Operator>> = OnceLock::new();
-    OP.get_or_init(|| std::sync::Mutex::new(Operator::start("shared", "!locall.io/operator")));
+    OP.get_or_init(|| std::sync::Mutex::new(Operator::start("shared", "locall.io/e2e=true,!locall.io/operator")));
 }
 
 /// Spawns `cmd` so that it dies with the test process. PR_SET_PDEATHSIG fires when the thread
