@@ -1,4 +1,5 @@
 //! `LocallRelease.spec`: what the user asks for. The operator never writes it.
+#![allow(clippy::duplicated_attributes)] // printcolumn(...) repeats by design in the kube derive
 
 use super::{
     analysis::{Analysis, GoLive, Notification, RollbackPlan},

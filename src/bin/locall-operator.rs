@@ -1,9 +1,10 @@
-//! The locall-operator: reconciles LocallReleases until SIGTERM/SIGINT.
+//! The locall-operator: reconciles LocallReleases until SIGTERM/SIGINT. With `--leader-elect`,
+//! only the replica holding the Lease reconciles; the others wait, ready to take over.
 
 use clap::Parser;
 use locall_operator::{controller, telemetry};
 use std::sync::Arc;
-use tracing::info;
+use tracing::{info, warn};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "Carries Locall releases from pre-deployment checks through staging into production")]
@@ -21,6 +22,26 @@ struct Args {
     /// Prometheus base URL for metric gates (a release may name its own).
     #[arg(long, env = "LOCALL_PROMETHEUS_URL")]
     prometheus_url: Option<String>,
+    /// Elect a leader through a Lease, so that several replicas are safe: only the holder acts.
+    #[arg(long, env = "LOCALL_LEADER_ELECT")]
+    leader_elect: bool,
+    /// The Lease's name.
+    #[arg(long, env = "LOCALL_LEASE_NAME", default_value = "locall-operator")]
+    lease_name: String,
+    /// The Lease's namespace (the operator's own, in a cluster).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Seconds a Lease stays valid after its last renewal; a new leader takes over within this.
+    #[arg(long, env = "LOCALL_LEASE_SECONDS", default_value_t = 10)]
+    lease_seconds: u64,
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
 }
 
 #[tokio::main]
@@ -32,15 +53,54 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Arc::new(telemetry::Metrics::default());
     let addr = telemetry::serve(args.metrics_addr, metrics.clone()).await?;
     info!(%addr, "serving /metrics, /healthz, /readyz");
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let config = controller::Config { release_selector: Some(args.release_selector.clone()), prometheus_url: args.prometheus_url.clone() };
+
+    if !args.leader_elect {
+        controller::run(client, metrics, config, shutdown_signal()).await;
+        info!("stopped");
+        return Ok(());
+    }
+
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("{}-{}", hostname(), std::process::id()));
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&args.lease_namespace)
+        .with_identity(&identity)
+        .with_duration(args.lease_seconds)
+        .with_grace((args.lease_seconds / 3).max(1))
+        .build()
+        .await?;
+    let (mut leader, task) = manager.watch().await;
+    info!(%identity, lease = %args.lease_name, "waiting for leadership");
+    let elected = tokio::select! {
+        _ = shutdown_signal() => false,
+        res = leader.wait_for(|is_leader| *is_leader) => res.is_ok(),
+    };
+    if !elected {
+        drop(leader);
+        let _ = task.await;
+        return Ok(());
+    }
+    info!(%identity, "leading: reconciling");
+    let mut lost = leader.clone();
+    let stop = async move {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = term.recv() => {},
+            _ = shutdown_signal() => {},
+            _ = lost.wait_for(|is_leader| !*is_leader) => { warn!("lost leadership: stopping"); },
         }
     };
-    let config = controller::Config { release_selector: Some(args.release_selector), prometheus_url: args.prometheus_url };
-    controller::run(client, metrics, config, shutdown).await;
+    controller::run(client, metrics, config, stop).await;
+    let still_leader = *leader.borrow();
+    // Closing the channel releases the Lease, so a standby replica takes over at once.
+    drop(leader);
+    let _ = task.await;
     info!("stopped");
+    if !still_leader {
+        // Leadership was lost to another replica: exit non-zero so the pod restarts as a standby.
+        std::process::exit(1);
+    }
     Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "locall-operator".into())
 }

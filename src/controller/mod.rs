@@ -107,8 +107,11 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
-            if let Err(e) = res {
-                warn!(error = %e, "reconcile failed");
+            match res {
+                // A child whose release this operator does not manage (another selector): not ours.
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => tracing::debug!(%obj, "not a release of this operator"),
+                Err(e) => warn!(error = %e, "reconcile failed"),
+                Ok(_) => {}
             }
         })
         .await;

@@ -149,6 +149,11 @@ impl Operator {
     /// Starts `locall-operator` against the local cluster, reconciling the releases that match
     /// `selector`. Its log goes to target/cluster/logs/operator-<tag>.log.
     pub fn start(tag: &str, selector: &str) -> Operator {
+        Operator::start_with(tag, selector, &[], &[])
+    }
+
+    /// As `start`, with extra flags and environment variables.
+    pub fn start_with(tag: &str, selector: &str, args: &[&str], env: &[(&str, &str)]) -> Operator {
         let c = cluster();
         let port = free_port();
         let log =
@@ -158,6 +163,8 @@ impl Operator {
             .env("RUST_LOG", "info,kube=warn")
             .args(["--metrics-addr", &format!("127.0.0.1:{port}"), "--release-selector", selector, "--log-format", "json"])
             .args(["--prometheus-url", &c.prometheus_url])
+            .args(args)
+            .envs(env.iter().copied())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         let child = spawn_tied_to_process(cmd);

@@ -1,0 +1,369 @@
+//! The Helm chart (charts/locall-operator): it lints, renders, runs its pod under the restricted
+//! security profile, keeps its opt-in parts off by default, rejects unknown values, ships the
+//! same CRD as crds/, and its RBAC is exactly enough for the operator.
+//!
+//! The operator image cannot be pulled here (and the local cluster's kwok nodes run no
+//! containers), so the chart's RBAC is tested for real without it: the rendered ServiceAccount,
+//! ClusterRole, ClusterRoleBinding, Role and RoleBinding are applied to the local cluster, a token
+//! is created for that ServiceAccount, and the operator *binary* runs on the host with a
+//! kubeconfig holding only that token. It must then carry a release (migration, Gateway API
+//! traffic, a preflight Secret) to Succeeded without a single "forbidden" in its log, while
+//! `kubectl auth can-i` shows the ServiceAccount cannot do what the operator never needs.
+
+mod support;
+
+use kube::api::Api;
+use locall_operator::api::{JobState, LocallRelease, Phase};
+use serde_json::Value;
+use std::{path::PathBuf, process::Command, time::Duration};
+use support::*;
+
+fn chart_dir() -> PathBuf {
+    repo().join("charts/locall-operator")
+}
+
+/// The helm binary built by `tests/cluster/build build_helm` (cached, keyed by HELM_VERSION).
+fn helm_bin() -> PathBuf {
+    static HELM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    HELM.get_or_init(|| {
+        if let Ok(h) = std::env::var("HELM") {
+            return PathBuf::from(h);
+        }
+        let build = repo().join("tests/cluster/build");
+        let st = Command::new(&build).arg("build_helm").status().expect("run tests/cluster/build build_helm");
+        assert!(st.success(), "tests/cluster/build build_helm failed");
+        let versions = repo().join("tests/cluster/versions.sh");
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!(". '{}' && printf %s \"$HELM_BIN/helm\"", versions.display()))
+            .output()
+            .expect("read versions.sh");
+        PathBuf::from(String::from_utf8(out.stdout).unwrap())
+    })
+    .clone()
+}
+
+/// helm with `args`; returns (success, stdout, stderr).
+fn helm(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(helm_bin()).args(args).output().expect("run helm");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// `helm template` of the chart as release `name` in `ns`, with extra args; the rendered objects.
+fn render(name: &str, ns: &str, extra: &[&str]) -> Vec<Value> {
+    let chart = chart_dir();
+    let mut args = vec!["template", name, chart.to_str().unwrap(), "--namespace", ns];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = helm(&args);
+    assert!(ok, "helm template {extra:?}: {err}");
+    serde_yaml::Deserializer::from_str(&out)
+        .map(|d| serde::Deserialize::deserialize(d).expect("rendered yaml"))
+        .filter(|v: &Value| !v.is_null())
+        .collect()
+}
+
+fn kinds(objs: &[Value]) -> Vec<String> {
+    objs.iter().map(|o| o["kind"].as_str().unwrap_or_default().to_string()).collect()
+}
+
+fn of_kind<'a>(objs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objs.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+#[test]
+fn helm_lint_strict_passes() {
+    let (ok, out, err) = helm(&["lint", "--strict", chart_dir().to_str().unwrap()]);
+    assert!(ok, "helm lint --strict:\n{out}\n{err}");
+}
+
+#[test]
+fn renders_a_restricted_deployment_with_probes_and_args() {
+    let objs = render("locall", "locall-system", &[]);
+    let ks = kinds(&objs);
+    for k in ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Service", "Deployment"] {
+        assert!(ks.iter().any(|x| x == k), "{k} rendered: {ks:?}");
+    }
+    let dep = of_kind(&objs, "Deployment")[0];
+    let pod = &dep["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], of_kind(&objs, "ServiceAccount")[0]["metadata"]["name"]);
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true, "{sc}");
+    assert_eq!(sc["runAsUser"], 65532, "{sc}");
+    assert_eq!(sc["readOnlyRootFilesystem"], true, "{sc}");
+    assert_eq!(sc["allowPrivilegeEscalation"], false, "{sc}");
+    assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{sc}");
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{sc}");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], 8080);
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["port"], 8080);
+    assert_eq!(c["image"], "ghcr.io/locall/locall-operator:0.1.0");
+    assert!(c["resources"]["requests"].is_object(), "resources from values: {}", c["resources"]);
+    let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(
+        args,
+        ["--metrics-addr", "0.0.0.0:8080", "--log-format", "json", "--leader-elect", "--lease-name", "locall-locall-operator"]
+    );
+    let env = c["env"].as_array().unwrap();
+    assert!(env.iter().any(|e| e["name"] == "POD_NAME" && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"), "{env:?}");
+    assert!(env.iter().any(|e| e["name"] == "POD_NAMESPACE" && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"), "{env:?}");
+    let svc = of_kind(&objs, "Service")[0];
+    assert_eq!(svc["spec"]["ports"][0]["port"], 8080);
+
+    // Values reach the pod.
+    let objs = render(
+        "locall",
+        "locall-system",
+        &["--set", "prometheusUrl=http://prom:9090,image.tag=9.9.9,image.pullPolicy=Always,resources.limits.memory=1Gi"],
+    );
+    let c = &of_kind(&objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert!(args.windows(2).any(|w| w == ["--prometheus-url", "http://prom:9090"]), "{args:?}");
+    assert_eq!(c["image"], "ghcr.io/locall/locall-operator:9.9.9");
+    assert_eq!(c["imagePullPolicy"], "Always");
+    assert_eq!(c["resources"]["limits"]["memory"], "1Gi");
+}
+
+#[test]
+fn service_monitor_and_pdb_are_opt_in() {
+    let objs = render("locall", "locall-system", &[]);
+    let ks = kinds(&objs);
+    assert!(!ks.iter().any(|k| k == "ServiceMonitor" || k == "PodDisruptionBudget"), "{ks:?}");
+    let objs = render("locall", "locall-system", &["--set", "serviceMonitor.enabled=true,pdb.enabled=true"]);
+    let ks = kinds(&objs);
+    assert!(ks.iter().any(|k| k == "ServiceMonitor"), "{ks:?}");
+    assert!(ks.iter().any(|k| k == "PodDisruptionBudget"), "{ks:?}");
+}
+
+#[test]
+fn schema_rejects_unknown_and_mistyped_values() {
+    let chart = chart_dir();
+    let (ok, _, err) = helm(&["template", "locall", chart.to_str().unwrap(), "--set", "nope=1"]);
+    assert!(!ok, "an unknown value must be rejected");
+    assert!(err.contains("nope"), "{err}");
+    let (ok, _, _) = helm(&["template", "locall", chart.to_str().unwrap(), "--set", "pdb.enabled=maybe"]);
+    assert!(!ok, "a mistyped value must be rejected");
+}
+
+#[test]
+fn chart_crd_is_the_generated_crd() {
+    let ours = std::fs::read_to_string(repo().join("crds/locallreleases.yaml")).unwrap();
+    let chart = std::fs::read_to_string(chart_dir().join("crds/locallreleases.yaml")).unwrap();
+    assert!(ours == chart, "charts/locall-operator/crds/locallreleases.yaml differs from crds/locallreleases.yaml: copy it again");
+    let objs = render("locall", "locall-system", &["--include-crds"]);
+    assert!(objs.iter().any(|o| o["kind"] == "CustomResourceDefinition" && o["metadata"]["name"] == "locallreleases.locall.io"));
+}
+
+#[test]
+fn rbac_has_no_wildcards_and_aggregates_to_view_and_edit() {
+    let objs = render("locall", "locall-system", &[]);
+    let roles: Vec<&Value> = objs.iter().filter(|o| o["kind"] == "ClusterRole" || o["kind"] == "Role").collect();
+    assert!(roles.len() >= 4, "operator, leader election, view, edit: {}", roles.len());
+    for r in &roles {
+        for rule in r["rules"].as_array().expect("rules") {
+            for field in ["verbs", "resources", "apiGroups", "resourceNames", "nonResourceURLs"] {
+                for v in rule[field].as_array().into_iter().flatten() {
+                    assert!(!v.as_str().unwrap_or_default().contains('*'), "wildcard in {} {}: {rule}", r["kind"], r["metadata"]["name"]);
+                }
+            }
+        }
+    }
+    let by_name = |n: &str| *roles.iter().find(|r| r["metadata"]["name"] == n).unwrap_or_else(|| panic!("{n} rendered"));
+    let view = by_name("locall-operator-view");
+    assert_eq!(view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"], "true");
+    assert_eq!(view["rules"][0]["verbs"], serde_json::json!(["get", "list", "watch"]));
+    let edit = by_name("locall-operator-edit");
+    assert_eq!(edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"], "true");
+    let lease_role = of_kind(&objs, "Role")[0];
+    assert_eq!(lease_role["metadata"]["namespace"], "locall-system");
+    assert_eq!(lease_role["rules"][0]["resources"], serde_json::json!(["leases"]));
+}
+
+/// A release of `version` into `<ns>-stg` (staging) and `<ns>` (production), with a migration,
+/// Gateway API traffic and a preflight Secret (as in tests/release.rs).
+fn manifest(ns: &str, version: &str, label: &str) -> String {
+    format!(
+        r#"
+apiVersion: locall.io/v1alpha1
+kind: LocallRelease
+metadata: {{name: locall-api, namespace: {ns}, labels: {{locall.io/operator: {label}}}}}
+spec:
+  version: "{version}"
+  replicas: 2
+  service: {{port: 8080}}
+  template:
+    spec: {{containers: [{{name: api, image: "locall/api:{version}"}}]}}
+  preflight:
+    secrets: [{{name: locall-db, keys: [url]}}]
+  hooks:
+    preDeploy: [{{name: tests}}]
+    migration:
+      changesSchema: true
+      backup: {{command: [backup]}}
+      migrate: {{command: [migrate]}}
+      restore: {{command: [restore]}}
+  stages:
+  - {{name: staging, namespace: {ns}-stg, replicas: 1, verify: [{{name: e2e}}], steps: [{{weight: 100}}]}}
+  - {{name: production, steps: [{{weight: 50, pause: 1s}}, {{weight: 100}}]}}
+  traffic: {{method: GatewayAPI, gateway: {{name: public}}}}
+"#
+    )
+}
+
+/// The operator binary, run with `kubeconfig`, killed when dropped (or when the test thread that
+/// spawned it exits, through PR_SET_PDEATHSIG, as in tests/support).
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_operator(kubeconfig: &std::path::Path, selector: &str, lease_namespace: &str, lease: &str, log: &std::path::Path) -> Child {
+    use std::os::unix::process::CommandExt;
+    let f = std::fs::File::create(log).expect("log file");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_locall-operator"));
+    cmd.env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "info,kube=warn")
+        .env("POD_NAME", "locall-operator-chart-test")
+        .env("POD_NAMESPACE", lease_namespace)
+        .args(["--leader-elect", "--lease-name", lease, "--lease-seconds", "10"])
+        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port()), "--release-selector", selector, "--log-format", "json"])
+        .stdin(std::process::Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f);
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    Child(cmd.spawn().expect("spawn locall-operator"))
+}
+
+/// Removes what the test made outside its namespaces (the ClusterRole and ClusterRoleBinding named
+/// after it, its kubeconfig), pass or fail.
+struct Cleanup {
+    cluster_role: String,
+    kubeconfig: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.kubeconfig);
+        let _ = kubectl(&["delete", "clusterrole,clusterrolebinding", &self.cluster_role, "--ignore-not-found"]);
+    }
+}
+
+/// kubectl with the ServiceAccount's permissions (impersonated by the admin).
+fn can_i(sa: &str, args: &[&str]) -> String {
+    let mut a = vec!["auth", "can-i", "--as", sa];
+    a.extend_from_slice(args);
+    let (_, out, _) = kubectl(&a);
+    out.trim().to_string()
+}
+
+// current_thread: the operator is spawned on the test's own thread, so PR_SET_PDEATHSIG kills it
+// when the test ends, whatever happens.
+#[tokio::test(flavor = "current_thread")]
+async fn chart_rbac_is_enough_for_a_release_and_no_more() {
+    let client = client().await;
+    install_crd().await;
+    let ns = namespace(&client, "chart").await;
+    let stg = format!("{ns}-stg");
+    let (ok, _, err) = kubectl(&["create", "namespace", &stg]);
+    assert!(ok, "{err}");
+    for n in [&ns, &stg] {
+        let (ok, _, err) = kubectl(&["-n", n, "create", "secret", "generic", "locall-db", "--from-literal=url=postgres://db"]);
+        assert!(ok, "{err}");
+    }
+
+    // The chart's RBAC objects, as `helm install <ns> --namespace <ns>` would create them (the
+    // release name is the namespace, so cluster-scoped names are unique to this test).
+    let objs = render(&ns, &ns, &[]);
+    let rbac: Vec<&Value> = objs
+        .iter()
+        .filter(|o| {
+            ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"].contains(&o["kind"].as_str().unwrap_or(""))
+        })
+        .collect();
+    assert_eq!(rbac.len(), 7, "SA, operator + view + edit ClusterRoles, ClusterRoleBinding, Role, RoleBinding");
+    let yaml: String = rbac.iter().map(|o| format!("---\n{}\n", serde_yaml::to_string(o).unwrap())).collect();
+    apply_yaml(&client, &ns, &yaml).await;
+    let sa_name = of_kind(&objs, "ServiceAccount")[0]["metadata"]["name"].as_str().unwrap().to_string();
+    let operator_role = of_kind(&objs, "ClusterRoleBinding")[0]["roleRef"]["name"].as_str().unwrap().to_string();
+    let sa = format!("system:serviceaccount:{ns}:{sa_name}");
+    let kc_path = cluster().dir.join(format!("kubeconfig-{ns}"));
+    let _cleanup = Cleanup { cluster_role: operator_role, kubeconfig: kc_path.clone() };
+
+    // A kubeconfig holding only the ServiceAccount's token.
+    let (ok, token, err) = kubectl(&["create", "token", &sa_name, "-n", &ns, "--duration", "1h"]);
+    assert!(ok, "create token: {err}");
+    let admin: Value = serde_yaml::from_str(&std::fs::read_to_string(&cluster().kubeconfig).unwrap()).unwrap();
+    let server = admin["clusters"][0]["cluster"]["server"].as_str().expect("server").to_string();
+    let kc = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "local", "cluster": {"server": server, "insecure-skip-tls-verify": true}}],
+        "users": [{"name": "sa", "user": {"token": token.trim()}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "local", "user": "sa", "namespace": ns}}],
+        "current-context": "sa",
+    });
+    std::fs::write(&kc_path, serde_yaml::to_string(&kc).unwrap()).unwrap();
+
+    // No more than needed (the admin impersonates the ServiceAccount).
+    assert_eq!(can_i(&sa, &["delete", "secrets", "-A"]), "no");
+    assert_eq!(can_i(&sa, &["list", "secrets", "-A"]), "no");
+    assert_eq!(can_i(&sa, &["list", "pods", "-A"]), "no");
+    assert_eq!(can_i(&sa, &["create", "pods", "-n", &ns]), "no");
+    assert_eq!(can_i(&sa, &["create", "locallreleases.locall.io", "-n", &ns]), "no");
+    assert_eq!(can_i(&sa, &["get", "leases.coordination.k8s.io", "-n", &stg]), "no");
+    assert_eq!(can_i(&sa, &["patch", "leases.coordination.k8s.io", "-n", &ns]), "yes");
+    assert_eq!(can_i(&sa, &["delete", "leases.coordination.k8s.io", "-n", &ns]), "no");
+    assert_eq!(can_i(&sa, &["get", "secrets", "-n", &stg]), "yes");
+    assert_eq!(can_i(&sa, &["watch", "locallreleases.locall.io", "-A"]), "yes");
+
+    // Enough: the operator binary, as the ServiceAccount, carries a release to Succeeded.
+    let label = ns.clone();
+    let log = cluster().dir.join(format!("logs/operator-{ns}.log"));
+    // With leader election, as the chart runs it: the Lease lives in the release's namespace.
+    let lease = of_kind(&objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"][6].as_str().unwrap().to_string();
+    let _op = start_operator(&kc_path, &format!("locall.io/operator={label}"), &ns, &lease, &log);
+    apply_yaml(&client, &ns, &manifest(&ns, "1.0.0", &label)).await;
+    let api: Api<LocallRelease> = Api::namespaced(client.clone(), &ns);
+    let lr = wait_for(
+        Duration::from_secs(150),
+        &format!("{ns}/locall-api to succeed with the chart's RBAC (log: {})", log.display()),
+        || async {
+            let lr = api.get_opt("locall-api").await.ok().flatten()?;
+            let st = lr.status.as_ref()?;
+            (st.phase == Phase::Succeeded && st.observed_generation == lr.metadata.generation).then_some(lr)
+        },
+    )
+    .await;
+    let (ok, holder, err) = kubectl(&["-n", &ns, "get", "lease", &lease, "-o", "jsonpath={.spec.holderIdentity}"]);
+    assert!(ok && holder == "locall-operator-chart-test", "the operator holds the Lease {ns}/{lease}: {holder} {err}");
+    let st = lr.status.unwrap();
+    assert!(st.stable.as_ref().is_some_and(|s| s.version == "1.0.0"), "{:?}", st.stable);
+    assert!(st.jobs.iter().any(|j| j.name == "migrate" && j.state == JobState::Succeeded), "the migration ran: {:?}", st.jobs);
+    let (ok, route, err) = kubectl(&["-n", &ns, "get", "httproutes.gateway.networking.k8s.io", "locall-api", "-o", "name"]);
+    assert!(ok && !route.is_empty(), "the HTTPRoute exists: {err}");
+
+    // Deleting the release runs the finalizer's cleanup, also as the ServiceAccount.
+    let (ok, _, err) = kubectl(&["-n", &ns, "delete", "locallrelease", "locall-api", "--wait=true", "--timeout=60s"]);
+    assert!(ok, "release deleted (finalizer done): {err}");
+    // The staging namespace's children have no owner reference (it cannot cross namespaces): only
+    // the finalizer removes them, and it swallows errors, so check they are gone.
+    wait_for(Duration::from_secs(30), &format!("the finalizer to remove the children in {stg}"), || async {
+        let (ok, out, _) = kubectl(&["-n", &stg, "get", "deployments,jobs,services,httproutes.gateway.networking.k8s.io", "-o", "name"]);
+        (ok && out.trim().is_empty()).then_some(())
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let denied: Vec<&str> = text.lines().filter(|l| l.contains("forbidden") || l.contains("Forbidden") || l.contains(" 403")).collect();
+    assert!(denied.is_empty(), "the operator was denied something with the chart's RBAC:\n{}", denied.join("\n"));
+}
