@@ -198,6 +198,7 @@ spec:
     spec: {{containers: [{{name: api, image: "locall/api:{version}"}}]}}
   preflight:
     secrets: [{{name: locall-db, keys: [url]}}]
+    configMaps: [{{name: locall-config, keys: [region]}}]
   hooks:
     preDeploy: [{{name: tests}}]
     migration:
@@ -281,6 +282,8 @@ async fn chart_rbac_is_enough_for_a_release_and_no_more() {
     for n in [&ns, &stg] {
         let (ok, _, err) = kubectl(&["-n", n, "create", "secret", "generic", "locall-db", "--from-literal=url=postgres://db"]);
         assert!(ok, "{err}");
+        let (ok, _, err) = kubectl(&["-n", n, "create", "configmap", "locall-config", "--from-literal=region=eu"]);
+        assert!(ok, "{err}");
     }
 
     // The chart's RBAC objects, as `helm install <ns> --namespace <ns>` would create them (the
@@ -363,7 +366,79 @@ async fn chart_rbac_is_enough_for_a_release_and_no_more() {
         (ok && out.trim().is_empty()).then_some(())
     })
     .await;
+    // Nothing granted that the operator did not use: the API server's audit log (tests/cluster/up
+    // logs what ServiceAccounts call) against the rendered rules.
+    let granted = granted_rules(&objs);
+    let used = wait_for(Duration::from_secs(20), "the audit log to show the finalizer's deletes", || async {
+        let used = audit_calls(&sa);
+        used.iter().any(|(_, r, v)| r == "deployments" && v == "delete").then_some(used)
+    })
+    .await;
+    let not_granted: Vec<_> = used.difference(&granted).collect();
+    assert!(not_granted.is_empty(), "calls outside the rules: {not_granted:?}");
+    let unused: Vec<_> = granted
+        .difference(&used)
+        .filter(|g| !UNEXERCISED.iter().any(|(group, res, verb, _)| (*group, *res, *verb) == (g.0.as_str(), g.1.as_str(), g.2.as_str())))
+        .collect();
+    assert!(unused.is_empty(), "granted but never used by the operator (remove them from the chart): {unused:?}");
+
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let denied: Vec<&str> = text.lines().filter(|l| l.contains("forbidden") || l.contains("Forbidden") || l.contains(" 403")).collect();
     assert!(denied.is_empty(), "the operator was denied something with the chart's RBAC:\n{}", denied.join("\n"));
+}
+
+/// Rules the chart grants that one release cannot exercise, and why they stay.
+const UNEXERCISED: &[(&str, &str, &str, &str)] = &[
+    ("locall.io", "locallreleases/finalizers", "update", "checked by the OwnerReferencesPermissionEnforcement admission plugin when children get a blockOwnerDeletion owner reference; not a request of its own"),
+    ("events.k8s.io", "events", "patch", "the event recorder patches an Event when the same one repeats (a series)"),
+];
+
+/// (apiGroup, resource[/subresource], verb) granted by the rendered operator ClusterRole and Role.
+fn granted_rules(objs: &[Value]) -> std::collections::BTreeSet<(String, String, String)> {
+    let mut out = std::collections::BTreeSet::new();
+    let operator_role = of_kind(objs, "ClusterRoleBinding")[0]["roleRef"]["name"].as_str().unwrap().to_string();
+    let roles =
+        objs.iter().filter(|o| (o["kind"] == "ClusterRole" && o["metadata"]["name"] == operator_role.as_str()) || o["kind"] == "Role");
+    for role in roles {
+        for rule in role["rules"].as_array().unwrap() {
+            for g in rule["apiGroups"].as_array().unwrap() {
+                for r in rule["resources"].as_array().unwrap() {
+                    for v in rule["verbs"].as_array().unwrap() {
+                        out.insert((g.as_str().unwrap().into(), r.as_str().unwrap().into(), v.as_str().unwrap().into()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// (apiGroup, resource[/subresource], verb) the user called, from the API server's audit log. A
+/// server-side apply that created its object (201) needed `create` as well as `patch`.
+fn audit_calls(user: &str) -> std::collections::BTreeSet<(String, String, String)> {
+    let path = cluster().dir.join("logs/audit.log");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (is the cluster started by this tests/cluster/up?)", path.display()));
+    let mut out = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let Ok(ev) = serde_json::from_str::<Value>(line) else { continue };
+        if ev["user"]["username"] != user || ev["objectRef"].is_null() {
+            continue;
+        }
+        let code = ev["responseStatus"]["code"].as_i64().unwrap_or(0);
+        if code == 403 {
+            continue;
+        }
+        let group = ev["objectRef"]["apiGroup"].as_str().unwrap_or("").to_string();
+        let mut resource = ev["objectRef"]["resource"].as_str().unwrap_or("").to_string();
+        if let Some(sub) = ev["objectRef"]["subresource"].as_str() {
+            resource = format!("{resource}/{sub}");
+        }
+        let verb = ev["verb"].as_str().unwrap_or("").to_string();
+        if verb == "patch" && code == 201 {
+            out.insert((group.clone(), resource.clone(), "create".to_string()));
+        }
+        out.insert((group, resource, verb));
+    }
+    out
 }
