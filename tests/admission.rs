@@ -275,6 +275,105 @@ fn cases() -> Vec<Case> {
         },
         Case { what: "service port 0", edit: |v| set(v, "/spec/service/port", json!(0)), path: "spec.service.port" },
         Case { what: "missing template", edit: |v| remove(v, "/spec/template"), path: "spec.template" },
+        Case { what: "replicas as a string", edit: |v| set(v, "/spec/replicas", json!("three")), path: "spec.replicas" },
+        Case {
+            what: "weight as a string",
+            edit: |v| set(v, "/spec/stages/1/steps/0/weight", json!("ten")),
+            path: "spec.stages[1].steps[0].weight",
+        },
+        Case {
+            what: "analysis without metrics",
+            edit: |v| set(v, "/spec/analysis", json!({"metrics": []})),
+            path: "spec.analysis.metrics",
+        },
+        Case {
+            what: "metric with an empty query",
+            edit: |v| {
+                set(v, "/spec/analysis", json!({"metrics": [{"name": "error-rate", "query": "", "rollback": {"op": ">", "value": 0.05}}]}))
+            },
+            path: "spec.analysis.metrics[0].query",
+        },
+        Case {
+            what: "metric name with uppercase",
+            edit: |v| {
+                set(v, "/spec/analysis", json!({"metrics": [{"name": "ErrorRate", "query": "q", "rollback": {"op": ">", "value": 0.05}}]}))
+            },
+            path: "spec.analysis.metrics[0].name",
+        },
+        Case {
+            what: "metric without a success criterion or a rollback trigger",
+            edit: |v| set(v, "/spec/analysis", json!({"metrics": [{"name": "e", "query": "q"}]})),
+            path: "spec.analysis.metrics[0]",
+        },
+        Case {
+            what: "unknown threshold operator",
+            edit: |v| set(v, "/spec/analysis", json!({"metrics": [{"name": "e", "query": "q", "rollback": {"op": "=~", "value": 1}}]})),
+            path: "spec.analysis.metrics[0].rollback.op",
+        },
+        Case {
+            what: "consecutive 0",
+            edit: |v| {
+                set(
+                    v,
+                    "/spec/analysis",
+                    json!({"metrics": [{"name": "e", "query": "q", "rollback": {"op": ">", "value": 1}, "consecutive": 0}]}),
+                )
+            },
+            path: "spec.analysis.metrics[0].consecutive",
+        },
+        Case {
+            what: "unknown no-data policy",
+            edit: |v| {
+                set(
+                    v,
+                    "/spec/analysis",
+                    json!({"metrics": [{"name": "e", "query": "q", "rollback": {"op": ">", "value": 1}, "noData": "Ignore"}]}),
+                )
+            },
+            path: "spec.analysis.metrics[0].noData",
+        },
+        Case {
+            what: "negative minimum sample",
+            edit: |v| {
+                set(
+                    v,
+                    "/spec/analysis",
+                    json!({"metrics": [{"name": "e", "query": "q", "rollback": {"op": ">", "value": 1}, "minSample": -1}]}),
+                )
+            },
+            path: "spec.analysis.metrics[0].minSample",
+        },
+        Case {
+            what: "bad analysis interval",
+            edit: |v| {
+                set(
+                    v,
+                    "/spec/analysis",
+                    json!({"interval": "soon", "metrics": [{"name": "e", "query": "q", "rollback": {"op": ">", "value": 1}}]}),
+                )
+            },
+            path: "spec.analysis.interval",
+        },
+        Case {
+            what: "go-live window with a bad duration",
+            edit: |v| set(v, "/spec/goLive", json!({"windows": [{"name": "0-15m", "duration": "15 minutes", "interval": "1m"}]})),
+            path: "spec.goLive.windows[0].duration",
+        },
+        Case {
+            what: "unknown notification format",
+            edit: |v| set(v, "/spec/notifications", json!([{"name": "n", "format": "Email", "urlSecret": {"name": "s", "key": "k"}}])),
+            path: "spec.notifications[0].format",
+        },
+        Case {
+            what: "notification Secret without a key",
+            edit: |v| set(v, "/spec/notifications", json!([{"name": "n", "format": "Slack", "urlSecret": {"name": "s"}}])),
+            path: "spec.notifications[0].urlSecret.key",
+        },
+        Case {
+            what: "approval without who",
+            edit: |v| set(v, "/spec/approvals", json!([{"stage": "production", "version": "1.0.0"}])),
+            path: "spec.approvals[0].by",
+        },
         Case {
             what: "duplicate verify Job names",
             edit: |v| set(v, "/spec/stages/0/verify", json!([{"name": "e2e"}, {"name": "e2e"}])),

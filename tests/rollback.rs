@@ -192,3 +192,28 @@ async fn a_degradation_after_100_percent_is_caught_by_a_go_live_window() {
     assert_eq!(split(&client, &ns, &stable_rev).await, (100, 0));
     assert_eq!(restore_jobs(&client, &ns).await, 1);
 }
+
+#[tokio::test]
+async fn a_receiver_that_is_down_neither_blocks_the_rollback_nor_loses_the_notification() {
+    // The receiver's port is reserved, then left closed: every delivery fails until it opens.
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let placeholder = Receiver { url: url.clone(), received: Default::default() };
+    let (client, ns) = setup("rb-hookdown", &placeholder).await;
+    let stages = TWO_STAGES.replace("NS", &ns);
+    apply_yaml(&client, &ns, &manifest(&ns, "2.0.0", "", false, &stages, "")).await;
+    wait_phase(&client, &ns, "2.0.0", Phase::Succeeded, 180).await;
+    apply_yaml(&client, &ns, &manifest(&ns, "3.0.0", r#"sim.locall.io/error-rate: "0.08""#, false, &stages, "")).await;
+    // The rollback completes while nothing listens.
+    let lr = wait_phase(&client, &ns, "3.0.0", Phase::RolledBack, 180).await;
+    assert!(lr.status.unwrap().failure.unwrap().traffic_restored_at.is_some());
+    // The receiver comes up: the retried notification arrives.
+    let receiver = Receiver::start_on(port).await;
+    wait_for(Duration::from_secs(40), "the retried RolledBack notification", || async {
+        let r = receiver.received.lock().unwrap().clone();
+        r.iter()
+            .any(|b| b["type"] == "io.locall.release.rolledback" || b["text"].as_str().is_some_and(|t| t.contains("RolledBack")))
+            .then_some(())
+    })
+    .await;
+}

@@ -232,6 +232,11 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start() -> Receiver {
+        Receiver::start_on(0).await
+    }
+
+    /// On a given loopback port (0 for any).
+    pub async fn start_on(port: u16) -> Receiver {
         use axum::{routing::post, Router};
         let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let r = received.clone();
@@ -245,7 +250,7 @@ impl Receiver {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
