@@ -35,9 +35,11 @@ crds-check:
 test: crds-check build cluster
 	$(CARGO) test --no-fail-fast -- --test-threads 4
 
-## Benchmarks on the local cluster: reaction time of the automatic rollback (BENCH_FAILURES=20).
+## Benchmarks on the local cluster: reaction time of the automatic rollback (BENCH_FAILURES=20),
+## then scale (BENCH_RELEASES=100,1000). Results in target/bench/.
 bench: build cluster
 	$(CARGO) bench --bench reaction
+	$(CARGO) bench --bench scale
 
 unit:
 	$(CARGO) test --lib
