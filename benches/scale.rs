@@ -47,14 +47,6 @@ fn proc_stats(pid: u32) -> (f64, f64) {
     (rss_kib / 1024.0, ticks / 100.0)
 }
 
-async fn metric(addr: &str, name: &str) -> f64 {
-    let body = match reqwest::get(format!("http://{addr}/metrics")).await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => return f64::NAN,
-    };
-    body.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum()
-}
-
 fn pct(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     if v.is_empty() {
@@ -131,23 +123,23 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(3)).await;
 
         // No-op reconciles: an annotation change reconciles without anything to do.
-        let writes0 = metric(&op.metrics_addr, "locall_api_writes_total").await;
-        let rec0 = metric(&op.metrics_addr, "controller_runtime_reconcile_total").await;
+        let writes0 = scrape(&op.metrics_addr, "locall_api_writes_total").await;
+        let rec0 = scrape(&op.metrics_addr, "controller_runtime_reconcile_total").await;
         for i in 0..100.min(n) {
             let api: Api<LocallRelease> = Api::namespaced(client.clone(), &namespaces[i % NAMESPACES]);
             let patch = serde_json::json!({"metadata": {"annotations": {"bench.locall.io/touch": format!("{n}")}}});
             api.patch(&format!("app-{i}"), &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let noop_writes = metric(&op.metrics_addr, "locall_api_writes_total").await - writes0;
-        let noop_reconciles = metric(&op.metrics_addr, "controller_runtime_reconcile_total").await - rec0;
+        let noop_writes = scrape(&op.metrics_addr, "locall_api_writes_total").await - writes0;
+        let noop_reconciles = scrape(&op.metrics_addr, "controller_runtime_reconcile_total").await - rec0;
 
         // Restart: time until every release has been reconciled again.
         op.kill();
         let t = Instant::now();
         op = Operator::start_with("bench-scale", "locall.io/operator=bench-scale", &[], &[]);
         wait_for(Duration::from_secs(600), "the restarted operator to reconcile every release", || async {
-            (metric(&op.metrics_addr, "controller_runtime_reconcile_total").await >= n as f64).then_some(())
+            (scrape(&op.metrics_addr, "controller_runtime_reconcile_total").await >= n as f64).then_some(())
         })
         .await;
         let restart_settle = t.elapsed().as_secs_f64();

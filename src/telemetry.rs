@@ -101,8 +101,6 @@ impl Metrics {
         self.reconcile_total.get_or_create(&ResultLabel { result: result.into() }).inc();
     }
 
-    pub fn reconcile_error(&self) {}
-
     pub fn notification(&self, ok: bool) {
         let result = if ok { "delivered" } else { "failed" };
         self.notifications.get_or_create(&ResultLabel { result: result.into() }).inc();

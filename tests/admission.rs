@@ -4,31 +4,14 @@
 
 mod support;
 
-use k8s_openapi::{api::core::v1::Namespace, apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::{
-    api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
+    api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams},
     Client,
 };
 use serde_json::{json, Value};
-use std::{path::Path, time::Duration};
+use std::path::Path;
 use support::*;
-
-const CRD_FILE: &str = "crds/locallreleases.yaml";
-const CRD_NAME: &str = "locallreleases.locall.io";
-
-/// Installs (or updates) the CRD by server-side apply and waits until it is Established.
-async fn install_crd(client: &Client) {
-    let yaml = std::fs::read_to_string(repo().join(CRD_FILE)).expect("read the CRD");
-    let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).expect("the CRD parses");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(CRD_NAME, &PatchParams::apply("locall-tests").force(), &Patch::Apply(&crd)).await.expect("apply the CRD");
-    wait_for(Duration::from_secs(30), "the LocallRelease CRD to be Established", || async {
-        let crd = crds.get(CRD_NAME).await.ok()?;
-        let established = crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
-        established.then_some(())
-    })
-    .await;
-}
 
 /// Creates the namespace unless it exists.
 async fn ensure_namespace(client: &Client, name: &str) {
@@ -58,7 +41,7 @@ fn yaml_files(dir: &Path) -> Vec<std::path::PathBuf> {
 #[tokio::test]
 async fn every_example_passes_server_side_validation() {
     let client = client().await;
-    install_crd(&client).await;
+    install_crd().await;
     let files = yaml_files(&repo().join("examples"));
     let names: Vec<String> = files.iter().map(|f| f.strip_prefix(repo()).unwrap().display().to_string()).collect();
     for expected in [
@@ -416,7 +399,7 @@ async fn dry_run_create(api: &Api<DynamicObject>, obj: &Value) -> Result<(), kub
 #[tokio::test]
 async fn invalid_releases_are_rejected_at_admission_naming_the_field() {
     let client = client().await;
-    install_crd(&client).await;
+    install_crd().await;
     let ns = namespace(&client, "admission").await;
     let gvk = GroupVersionKind::gvk("locall.io", "v1alpha1", "LocallRelease");
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ApiResource::from_gvk_with_plural(&gvk, "locallreleases"));
@@ -463,7 +446,7 @@ async fn invalid_releases_are_rejected_at_admission_naming_the_field() {
 #[tokio::test]
 async fn kubectl_apply_shows_the_field_path() {
     let client = client().await;
-    install_crd(&client).await;
+    install_crd().await;
     let ns = namespace(&client, "admission-kubectl").await;
     let mut obj = base();
     set(&mut obj, "/metadata/namespace", json!(ns));
@@ -482,7 +465,7 @@ async fn kubectl_apply_shows_the_field_path() {
 #[tokio::test]
 async fn optional_lists_may_be_omitted() {
     let client = client().await;
-    install_crd(&client).await;
+    install_crd().await;
     let ns = namespace(&client, "admission-optional").await;
     let gvk = GroupVersionKind::gvk("locall.io", "v1alpha1", "LocallRelease");
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ApiResource::from_gvk_with_plural(&gvk, "locallreleases"));

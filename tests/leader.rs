@@ -9,20 +9,9 @@ use locall_operator::api::{LocallRelease, Phase};
 use std::time::{Duration, Instant};
 use support::*;
 
+/// Reconciliations this operator has run (0 when it has run none).
 async fn reconciles(metrics_addr: &str) -> f64 {
-    let body = reqwest_get(&format!("http://{metrics_addr}/metrics")).await;
-    body.lines()
-        .filter(|l| l.starts_with("controller_runtime_reconcile_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-async fn reqwest_get(url: &str) -> String {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    match reqwest::get(url).await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => String::new(),
-    }
+    scrape(metrics_addr, "controller_runtime_reconcile_total").await
 }
 
 #[tokio::test]

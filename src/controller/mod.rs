@@ -7,7 +7,7 @@ pub mod observe;
 pub mod preflight;
 
 use crate::{
-    api::{conditions, LocallRelease, LocallReleaseStatus, Phase},
+    api::{LocallRelease, LocallReleaseStatus, Phase},
     engine::{self, names, Observed, Release, StageDesired, TrafficTarget},
     telemetry::Metrics,
     traffic::{Router, MANAGER},
@@ -124,8 +124,7 @@ fn owner_of<K: Resource>(child: K) -> Option<ObjectRef<LocallRelease>> {
     Some(ObjectRef::new(name).within(ns))
 }
 
-fn error_policy(_lr: Arc<LocallRelease>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_error();
+fn error_policy(_lr: Arc<LocallRelease>, err: &Error, _ctx: Arc<Context>) -> Action {
     if err.is_conflict() {
         Action::requeue(Duration::from_millis(200))
     } else {
@@ -280,9 +279,4 @@ async fn publish(ctx: &Context, lr: &LocallRelease, events: &[engine::EventOut])
             warn!(error = %err, "could not publish event");
         }
     }
-}
-
-/// Whether the release's Ready condition is True (for callers outside the engine).
-pub fn is_ready(lr: &LocallRelease) -> bool {
-    lr.status.as_ref().is_some_and(|s| conditions::is_true(&s.conditions, conditions::READY))
 }

@@ -18,6 +18,16 @@ use std::time::Duration;
 /// The condition recording whether a rollback was verified.
 pub const ROLLBACK_VERIFIED: &str = "RollbackVerified";
 
+/// Where one Job stands.
+enum JobStep {
+    /// Succeeded: go on.
+    Done,
+    /// Not finished: stop here with this flow.
+    Wait(Flow),
+    /// Failed, with the message that names it and its reason.
+    Failed(String),
+}
+
 /// What the gates say about moving on.
 enum GateFlow {
     Hold(String),
@@ -42,23 +52,11 @@ struct Tick<'a> {
     events: Vec<EventOut>,
     notify: Vec<(NotifyEvent, String)>,
     reason: String,
-    /// Set while rollback verification Jobs run: their failure is recorded, not escalated.
-    verifying_rollback: bool,
 }
 
 /// One tick of the engine: see the module docs.
 pub fn decide(r: Release<'_>, obs: &Observed, now: DateTime<Utc>) -> Decision {
-    let mut t = Tick {
-        r,
-        obs,
-        now,
-        st: r.status.clone(),
-        jobs: vec![],
-        events: vec![],
-        notify: vec![],
-        reason: String::new(),
-        verifying_rollback: false,
-    };
+    let mut t = Tick { r, obs, now, st: r.status.clone(), jobs: vec![], events: vec![], notify: vec![], reason: String::new() };
     let revision = names::revision(r.spec);
     if t.st.revision != revision {
         t.start_release(revision);
@@ -238,9 +236,22 @@ impl<'a> Tick<'a> {
         Flow::Next
     }
 
-    /// Drives one Job: creates it once, follows it, records its outcome. `None` when it has
-    /// succeeded (go on), `Some(flow)` when the caller must stop here.
+    /// Drives one Job and fails the release if it fails: `None` when it has succeeded (go on),
+    /// `Some(flow)` when the caller must stop here.
     fn run_job(&mut self, kind: JobKind, name: &str, stage: &str, ns: &str, tpl: &JobTemplate, suffix: &str) -> Option<Flow> {
+        match self.job_step(kind, name, stage, ns, tpl, suffix) {
+            JobStep::Done => None,
+            JobStep::Wait(flow) => Some(flow),
+            JobStep::Failed(msg) => {
+                self.fail("JobFailed", &msg);
+                Some(Flow::Next)
+            }
+        }
+    }
+
+    /// Drives one Job: creates it once, follows it, records its outcome, and says where it stands;
+    /// what a failure means is the caller's to decide.
+    fn job_step(&mut self, kind: JobKind, name: &str, stage: &str, ns: &str, tpl: &JobTemplate, suffix: &str) -> JobStep {
         let job_name = names::job(self.r.name, &self.job_rev(), suffix);
         let idx = self.st.jobs.iter().position(|j| j.job_name == job_name && j.namespace == ns);
         let observed = self.obs.jobs.get(&(ns.to_string(), job_name.clone()));
@@ -274,32 +285,26 @@ impl<'a> Tick<'a> {
         };
         let rec = &mut self.st.jobs[idx];
         match (rec.state, observed) {
-            (JobState::Succeeded, _) => None,
-            (JobState::Failed, _) => {
-                let msg = job_failure_message(rec);
-                self.fail("JobFailed", &msg);
-                Some(Flow::Next)
-            }
+            (JobState::Succeeded, _) => JobStep::Done,
+            (JobState::Failed, _) => JobStep::Failed(job_failure_message(rec)),
             (JobState::Running, Some(JobObs::Succeeded)) => {
                 rec.state = JobState::Succeeded;
                 rec.reason = "Complete".into();
                 rec.finished_at = Some(self.now);
                 let m = format!("Job {ns}/{job_name} ({kind:?} {name}) succeeded");
                 self.event(false, "JobSucceeded", m);
-                None
+                JobStep::Done
             }
             (JobState::Running, Some(JobObs::Failed { reason, message })) => {
                 rec.state = JobState::Failed;
                 rec.reason = reason.clone();
                 rec.message = message.clone();
                 rec.finished_at = Some(self.now);
-                let msg = job_failure_message(rec);
-                self.fail("JobFailed", &msg);
-                Some(Flow::Next)
+                JobStep::Failed(job_failure_message(rec))
             }
             (JobState::Running, Some(JobObs::Running)) => {
                 self.st.message = format!("waiting for Job {ns}/{job_name} ({kind:?} {name})");
-                Some(Flow::Wait(Some(POLL)))
+                JobStep::Wait(Flow::Wait(Some(POLL)))
             }
             (JobState::Running, None) => {
                 let since = rec.started_at.unwrap_or(self.now);
@@ -308,12 +313,10 @@ impl<'a> Tick<'a> {
                     rec.reason = "JobMissing".into();
                     rec.message = "the Job disappeared before it finished; it is not created again".into();
                     rec.finished_at = Some(self.now);
-                    let msg = job_failure_message(rec);
-                    self.fail("JobFailed", &msg);
-                    return Some(Flow::Next);
+                    return JobStep::Failed(job_failure_message(rec));
                 }
                 self.st.message = format!("waiting for Job {ns}/{job_name} ({kind:?} {name})");
-                Some(Flow::Wait(Some(Duration::from_secs(2))))
+                JobStep::Wait(Flow::Wait(Some(Duration::from_secs(2))))
             }
         }
     }
@@ -612,9 +615,6 @@ impl<'a> Tick<'a> {
     }
 
     fn fail(&mut self, reason: &str, message: &str) {
-        if self.verifying_rollback {
-            return;
-        }
         if matches!(self.st.phase, Phase::RollingBack) {
             self.reason = reason.into();
             self.st.failure.get_or_insert_with(|| failure(reason, message, "", self.now, false));
@@ -680,14 +680,11 @@ impl<'a> Tick<'a> {
             let ns = self.r.namespace.to_string();
             let verify = self.r.spec.rollback.as_ref().map(|p| p.verify.clone()).unwrap_or_default();
             for v in &verify {
-                self.verifying_rollback = true;
-                let flow = self.run_job(JobKind::Verify, &v.name, "rollback", &ns, &v.job, &format!("rollback-{}", v.name));
-                self.verifying_rollback = false;
-                match flow {
-                    Some(Flow::Wait(d)) => return Flow::Wait(d),
-                    // The verification Job failed: the traffic is back, but the rollback is not verified.
-                    Some(Flow::Next) => return self.rollback_verified(false, &format!("rollback verification Job {} failed", v.name)),
-                    None => {}
+                match self.job_step(JobKind::Verify, &v.name, "rollback", &ns, &v.job, &format!("rollback-{}", v.name)) {
+                    JobStep::Done => {}
+                    JobStep::Wait(flow) => return flow,
+                    // The traffic is back, but the rollback is not verified: reported, not undone.
+                    JobStep::Failed(_) => return self.rollback_verified(false, &format!("rollback verification Job {} failed", v.name)),
                 }
             }
             let restored = self.st.failure.as_ref().and_then(|f| f.traffic_restored_at).unwrap_or(self.now);

@@ -258,3 +258,17 @@ impl Receiver {
         Receiver { url, received }
     }
 }
+
+/// Sum of the samples of every series named `name` (any labels) on an operator's /metrics;
+/// NaN when it cannot be reached.
+pub async fn scrape(metrics_addr: &str, name: &str) -> f64 {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let body = match reqwest::get(format!("http://{metrics_addr}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => return f64::NAN,
+    };
+    body.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
