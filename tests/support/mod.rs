@@ -133,8 +133,24 @@ pub async fn install_crd() {
         let (ok, _, err) =
             kubectl(&["apply", "--server-side", "--force-conflicts", "--field-manager", "locall-tests", "-f", path.to_str().unwrap()]);
         assert!(ok, "install CRD: {err}");
-        let (ok, _, err) = kubectl(&["wait", "--for", "condition=Established", "--timeout", "30s", "crd/locallreleases.locall.io"]);
-        assert!(ok, "CRD established: {err}");
+        // Polled rather than `kubectl wait`: right after a create, the CRD has no
+        // .status.conditions yet and `kubectl wait` fails on that instead of waiting.
+        let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+            Api::all(client().await);
+        wait_for(Duration::from_secs(30), "the LocallRelease CRD to be Established", || {
+            let crds = crds.clone();
+            async move {
+                let crd = crds.get_opt("locallreleases.locall.io").await.ok().flatten()?;
+                let established = crd
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True");
+                established.then_some(())
+            }
+        })
+        .await;
     })
     .await;
 }
