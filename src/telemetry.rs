@@ -68,7 +68,11 @@ impl Default for Metrics {
             notifications: Family::default(),
             gate_value: Family::default(),
         };
-        registry.register("controller_runtime_reconcile", "Reconciliations by result (success, error)", m.reconcile_total.clone());
+        registry.register(
+            "controller_runtime_reconcile",
+            "Reconciliations by result (success, conflict, error)",
+            m.reconcile_total.clone(),
+        );
         registry.register("controller_runtime_reconcile_time_seconds", "Time per reconciliation", m.reconcile_duration.clone());
         registry.register("locall_api_writes", "Writes the operator made to the API server", m.writes.clone());
         registry.register("locall_release_phase", "1 for each release's current phase", m.phase.clone());
@@ -95,9 +99,10 @@ const PHASES: [Phase; 10] = [
 ];
 
 impl Metrics {
-    pub fn reconcile_done(&self, took: Duration, ok: bool) {
+    /// Counts a finished reconcile by its result: success, conflict (a write refused because
+    /// the release changed meanwhile; retried on fresh state) or error.
+    pub fn reconcile_done(&self, took: Duration, result: &str) {
         self.reconcile_duration.observe(took.as_secs_f64());
-        let result = if ok { "success" } else { "error" };
         self.reconcile_total.get_or_create(&ResultLabel { result: result.into() }).inc();
     }
 

@@ -68,7 +68,17 @@ pub enum Error {
 impl Error {
     /// A write refused because the object changed meanwhile: retry from fresh state, soon.
     pub fn is_conflict(&self) -> bool {
-        matches!(self, Error::Status(kube::Error::Api(e)) if e.code == 409)
+        use kube::runtime::finalizer::Error as F;
+        match self {
+            Error::Status(kube::Error::Api(e)) => e.code == 409,
+            Error::Finalizer(f) => match &**f {
+                F::ApplyFailed(e) | F::CleanupFailed(e) => e.is_conflict(),
+                // The finalizer patch tests the finalizers it read: 422 when they changed meanwhile.
+                F::AddFinalizer(kube::Error::Api(e)) | F::RemoveFinalizer(kube::Error::Api(e)) => e.code == 409 || e.code == 422,
+                _ => false,
+            },
+            _ => false,
+        }
     }
 }
 
@@ -144,7 +154,12 @@ async fn reconcile(lr: Arc<LocallRelease>, ctx: Arc<Context>) -> Result<Action, 
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
-    ctx.metrics.reconcile_done(started.elapsed(), res.is_ok());
+    let result = match &res {
+        Ok(_) => "success",
+        Err(e) if e.is_conflict() => "conflict",
+        Err(_) => "error",
+    };
+    ctx.metrics.reconcile_done(started.elapsed(), result);
     res
 }
 
@@ -176,10 +191,12 @@ async fn reconcile_release(lr: &LocallRelease, ctx: &Context) -> Result<Action, 
             break;
         }
     }
-    for bad in [observe::annotation_approval(lr).err(), observe::request(lr).err()].into_iter().flatten() {
-        if original.conditions.is_empty() || status != original {
-            events.push(engine::EventOut { warning: true, reason: "InvalidAnnotation".into(), message: bad });
-        }
+    // An Event when an annotation becomes unusable (or differently so), not on every reconcile.
+    let invalid = |st: &crate::api::LocallReleaseStatus| {
+        st.conditions.iter().find(|c| c.type_ == engine::ANNOTATIONS_VALID && c.status == "False").map(|c| c.message.clone())
+    };
+    if let Some(message) = invalid(&status).filter(|m| Some(m) != invalid(&original).as_ref()) {
+        events.push(engine::EventOut { warning: true, reason: "InvalidAnnotation".into(), message });
     }
     if status != original {
         write_status(ctx, lr, &status).await?;
@@ -204,6 +221,7 @@ async fn observe(ctx: &Context, lr: &LocallRelease, status: &LocallReleaseStatus
         jobs: observe::jobs(&ctx.jobs, lr),
         annotation_approval: observe::annotation_approval(lr).ok().flatten(),
         request: observe::request(lr).ok().flatten(),
+        annotation_errors: [observe::annotation_approval(lr).err(), observe::request(lr).err()].into_iter().flatten().collect(),
         ..Default::default()
     };
     let revision = names::revision(&lr.spec);
@@ -278,5 +296,24 @@ async fn publish(ctx: &Context, lr: &LocallRelease, events: &[engine::EventOut])
         if let Err(err) = ctx.recorder.publish(&ev, &reference).await {
             warn!(error = %err, "could not publish event");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+    use kube::runtime::finalizer::Error as F;
+
+    fn api(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(kube::core::Status { code, ..Default::default() }))
+    }
+
+    #[test]
+    fn a_refused_write_is_a_conflict_even_inside_the_finalizer_wrapper() {
+        assert!(Error::Status(api(409)).is_conflict());
+        assert!(Error::Finalizer(Box::new(F::ApplyFailed(Error::Status(api(409))))).is_conflict());
+        assert!(Error::Finalizer(Box::new(F::AddFinalizer(api(422)))).is_conflict());
+        assert!(!Error::Finalizer(Box::new(F::ApplyFailed(Error::Status(api(500))))).is_conflict());
+        assert!(!Error::Finalizer(Box::new(F::ApplyFailed(Error::Act("create Job", api(409))))).is_conflict());
     }
 }

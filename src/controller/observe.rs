@@ -64,7 +64,7 @@ pub fn annotation_approval(lr: &LocallRelease) -> Result<Option<Approval>, Strin
         None => Ok(None),
         Some(v) => serde_json::from_str::<Approval>(v)
             .map(Some)
-            .map_err(|e| format!("annotation {}: expected {{\"stage\":..,\"version\":..,\"by\":..}}: {e}", labels::APPROVE)),
+            .map_err(|e| format!("metadata.annotations[{}]: expected {{\"stage\":..,\"version\":..,\"by\":..}}: {e}", labels::APPROVE)),
     }
 }
 
@@ -74,6 +74,6 @@ pub fn request(lr: &LocallRelease) -> Result<Option<crate::api::Request>, String
         None => Ok(None),
         Some(v) => serde_json::from_str(v)
             .map(Some)
-            .map_err(|e| format!("annotation {}: expected {{\"action\":..,\"id\":..,\"by\":..}}: {e}", labels::REQUEST)),
+            .map_err(|e| format!("metadata.annotations[{}]: expected {{\"action\":..,\"id\":..,\"by\":..}}: {e}", labels::REQUEST)),
     }
 }

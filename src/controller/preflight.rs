@@ -1,18 +1,35 @@
-//! Preflight checks: referenced Secrets and ConfigMaps exist with their keys in every stage
+//! Preflight checks: stage namespaces exist, referenced Secrets and ConfigMaps exist with their keys in every stage
 //! namespace, and TLS certificates stay valid long enough. Each result names the spec field.
 
 use crate::api::{CheckResult, LocallRelease};
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::{Api, Client, ResourceExt};
 use std::collections::BTreeSet;
 
 /// Runs every check of the spec; API errors other than NotFound are returned as errors.
 pub async fn run(client: &Client, lr: &LocallRelease, now: DateTime<Utc>) -> Result<Vec<CheckResult>, kube::Error> {
-    let Some(p) = &lr.spec.preflight else { return Ok(vec![]) };
     let release_ns = lr.namespace().unwrap_or_default();
-    let namespaces: BTreeSet<String> = (0..lr.spec.stages.len()).map(|i| lr.spec.stage_namespace(i, &release_ns).to_string()).collect();
     let mut out = Vec::new();
+    // A stage in a namespace that does not exist could never be deployed.
+    let all: Api<Namespace> = Api::all(client.clone());
+    for (i, stage) in lr.spec.stages.iter().enumerate() {
+        let Some(ns) = stage.namespace.as_deref().filter(|ns| *ns != release_ns) else { continue };
+        let found = all.get_opt(ns).await?;
+        out.push(CheckResult {
+            name: format!("Namespace {ns}"),
+            passed: found.is_some(),
+            message: match found {
+                Some(_) => format!("spec.stages[{i}].namespace: Namespace {ns} exists"),
+                None => format!("spec.stages[{i}].namespace: Namespace {ns} not found"),
+            },
+        });
+    }
+    if out.iter().any(|c| !c.passed) {
+        return Ok(out);
+    }
+    let Some(p) = &lr.spec.preflight else { return Ok(out) };
+    let namespaces: BTreeSet<String> = (0..lr.spec.stages.len()).map(|i| lr.spec.stage_namespace(i, &release_ns).to_string()).collect();
     for ns in &namespaces {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
         let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);

@@ -115,6 +115,9 @@ pub fn next_due(metrics: &[Metric], gates: &[GateStatus], t: &Target, now: DateT
         .unwrap_or(t.interval)
 }
 
+/// How a measurement error starts when Prometheus refused the query itself (not an outage).
+pub const QUERY_REJECTED: &str = "Prometheus rejected the query";
+
 /// The verdict of one measurement and why (pure).
 pub fn verdict(m: &Metric, x: &Measurement) -> (Verdict, String) {
     if let Some(e) = &x.error {
@@ -208,11 +211,15 @@ pub enum Outcome {
 
 pub fn outcome(metrics: &[Metric], gates: &[GateStatus], t: &Target, since: Option<DateTime<Utc>>) -> Outcome {
     let mut holding = vec![];
-    for m in metrics {
+    for (i, m) in metrics.iter().enumerate() {
         match gates.iter().find(|g| g.metric == m.name && g.target == t.key()) {
             Some(g) if g.breaches >= m.consecutive => return Outcome::Breach(g.clone()),
             Some(g) if since.is_some_and(|s| g.measured_at < s) => holding.push(format!("{}: not measured yet", m.name)),
             Some(g) if g.verdict == Verdict::Pass => {}
+            // The query itself may be what is wrong (a typo, a metric nobody exports): name it.
+            Some(g) if g.verdict == Verdict::NoData || g.message.contains(QUERY_REJECTED) => {
+                holding.push(format!("{} (spec.analysis.metrics[{i}].query): {}", m.name, g.message))
+            }
             Some(g) => holding.push(format!("{}: {}", m.name, g.message)),
             None => holding.push(format!("{}: not measured yet", m.name)),
         }

@@ -17,6 +17,8 @@ use std::time::Duration;
 
 /// The condition recording whether a rollback was verified.
 pub const ROLLBACK_VERIFIED: &str = "RollbackVerified";
+/// The condition reporting an unusable `locall.io/approve` or `locall.io/request` annotation.
+pub const ANNOTATIONS_VALID: &str = "AnnotationsValid";
 
 /// Where one Job stands.
 enum JobStep {
@@ -92,6 +94,13 @@ pub fn decide(r: Release<'_>, obs: &Observed, now: DateTime<Utc>) -> Decision {
     let desired = t.desired();
     let reason = if t.reason.is_empty() { t.st.phase.as_str().to_string() } else { t.reason.clone() };
     t.st.conditions = conditions::for_phase(&t.st.conditions, t.st.phase, &reason, &t.st.message, r.generation, now);
+    // A bad annotation is reported until it is fixed; the condition appears only once one was bad.
+    let had = t.st.conditions.iter().any(|c| c.type_ == ANNOTATIONS_VALID);
+    if !obs.annotation_errors.is_empty() || had {
+        let (ok, reason) = if obs.annotation_errors.is_empty() { (true, "Valid") } else { (false, "InvalidAnnotation") };
+        let c = conditions::upsert(&t.st.conditions, ANNOTATIONS_VALID, ok, reason, &obs.annotation_errors.join("; "), r.generation, now);
+        conditions::set(&mut t.st.conditions, c);
+    }
     Decision { status: t.st, desired, jobs: t.jobs, events: t.events, notify: t.notify, requeue }
 }
 

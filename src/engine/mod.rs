@@ -16,7 +16,7 @@ use crate::api::{Approval, CheckResult, JobRecord, JobTemplate, LocallReleaseSpe
 use chrono::{DateTime, Utc};
 use std::{collections::BTreeMap, time::Duration};
 
-pub use machine::decide;
+pub use machine::{decide, ANNOTATIONS_VALID, ROLLBACK_VERIFIED};
 
 /// The release as read from the API server.
 #[derive(Clone, Copy, Debug)]
@@ -43,6 +43,8 @@ pub struct Observed {
     pub annotation_approval: Option<Approval>,
     /// The imperative request in the `locall.io/request` annotation, if any.
     pub request: Option<crate::api::Request>,
+    /// Problems with the operator's annotations (each message names the annotation).
+    pub annotation_errors: Vec<String>,
     /// Metric measurements taken this tick, by metric name, for the target named below.
     pub measurements: BTreeMap<String, gates::Measurement>,
     /// `gates::Target::key()` of what was measured.

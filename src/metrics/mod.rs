@@ -43,7 +43,13 @@ async fn scalar(client: &prometheus_http_query::Client, query: &str) -> Result<O
     let res = tokio::time::timeout(QUERY_TIMEOUT, client.query(query).get())
         .await
         .map_err(|_| format!("Prometheus did not answer within {}s", QUERY_TIMEOUT.as_secs()))?
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match &e {
+            // Prometheus refused the query itself (a syntax error, a bad function call).
+            prometheus_http_query::Error::Prometheus(p) if p.error_type() == prometheus_http_query::error::PrometheusErrorType::BadData => {
+                format!("{}: {e}", crate::engine::gates::QUERY_REJECTED)
+            }
+            _ => e.to_string(),
+        })?;
     let data = res.data();
     if let Some(v) = data.as_vector() {
         return Ok(v.first().map(|s| s.sample().value()));

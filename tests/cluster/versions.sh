@@ -8,6 +8,8 @@ LOCALL_CACHE=${LOCALL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/locall-operator}
 K8S_BIN=$LOCALL_CACHE/cluster/k8s-$K8S_VERSION
 ETCD_BIN=$LOCALL_CACHE/cluster/etcd-$ETCD_VERSION
 KWOK_BIN=$LOCALL_CACHE/cluster/kwok-$KWOK_VERSION
+# A Job pod with this label is held Running by kwok until the label is removed (see build).
+KWOK_HOLD_LABEL=hold.locall.io/running
 GATEWAY_DIR=$LOCALL_CACHE/cluster/gateway-api-$GATEWAY_API_VERSION
 HELM_VERSION=v3.22.0
 HELM_BIN=$LOCALL_CACHE/cluster/helm-$HELM_VERSION
