@@ -1,7 +1,8 @@
 //! `make bench` (scale part): 100 then 1,000 LocallReleases on the local cluster, each a
 //! one-stage, one-replica release carried to Succeeded by one operator (release build). Measures
 //! the operator's resident memory and CPU seconds, reconcile latency (spec change -> status
-//! observedGeneration updated) p50/p99, API writes per no-op reconcile, and the time to settle
+//! observedGeneration updated) p50/p99, API requests per reconcile (spec change and no-op), API
+//! writes per no-op reconcile, and the time to settle
 //! after an operator restart. Merges its figures into target/bench/results.json.
 
 #[path = "../tests/support/mod.rs"]
@@ -64,6 +65,21 @@ async fn all_succeeded(client: &kube::Client, n: usize) -> bool {
             .all(|lr| lr.status.as_ref().is_some_and(|s| s.phase == Phase::Succeeded && s.observed_generation == lr.metadata.generation))
 }
 
+/// Deletes the benchmark's namespaces and waits until they are gone.
+async fn remove_namespaces(client: &kube::Client) {
+    use k8s_openapi::api::core::v1::Namespace;
+    let api: Api<Namespace> = Api::all(client.clone());
+    let sel = format!("locall.io/test in ({})", (0..NAMESPACES).map(|i| format!("scale{i}")).collect::<Vec<_>>().join(","));
+    let lp = kube::api::ListParams::default().labels(&sel);
+    for ns in api.list(&lp).await.unwrap().items {
+        let _ = api.delete(&ns.metadata.name.unwrap(), &Default::default()).await;
+    }
+    wait_for(Duration::from_secs(900), "the benchmark's namespaces to be deleted", || async {
+        api.list(&lp).await.ok().filter(|l| l.items.is_empty()).map(|_| ())
+    })
+    .await;
+}
+
 #[tokio::main]
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -71,6 +87,11 @@ async fn main() {
         std::env::var("BENCH_RELEASES").unwrap_or_else(|_| "100,1000".into()).split(',').filter_map(|s| s.parse().ok()).collect();
     let client = client().await;
     install_crd().await;
+    let mut op = Operator::start_with("bench-scale", "locall.io/operator=bench-scale", &[], &[]);
+    // Releases left by an earlier run would be measured too: remove them first (the operator
+    // is up, so their finalizers are honoured).
+    remove_namespaces(&client).await;
+    op.kill();
     let mut op = Operator::start_with("bench-scale", "locall.io/operator=bench-scale", &[], &[]);
     let namespaces: Vec<String> = {
         let mut v = vec![];
@@ -98,7 +119,20 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(5)).await;
         let (rss, cpu1) = proc_stats(op.child.id());
 
-        // Reconcile latency: a spec change (replicas) to status.observedGeneration updated.
+        // Reconcile latency: a spec change (replicas) to status.observedGeneration updated, seen
+        // through a watch, in steady state (the operator has finished reacting to the creations).
+        let requests = || scrape(&op.metrics_addr, "locall_api_requests_total");
+        let reconciles = || scrape(&op.metrics_addr, "controller_runtime_reconcile_total");
+        let mut last = reconciles().await;
+        for _ in 0..150 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let now = reconciles().await;
+            if now == last {
+                break;
+            }
+            last = now;
+        }
+        let (req0, rec0) = (requests().await, reconciles().await);
         let mut lat = vec![];
         for i in 0..50.min(n) {
             let ns = &namespaces[i % NAMESPACES];
@@ -111,20 +145,18 @@ async fn main() {
                 .await
                 .unwrap();
             let generation = lr.metadata.generation;
-            loop {
-                let cur = api.get(&name).await.unwrap();
-                if cur.status.as_ref().and_then(|s| s.observed_generation) >= generation {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+            let seen = kube::runtime::wait::await_condition(api.clone(), &name, move |lr: Option<&LocallRelease>| {
+                lr.and_then(|l| l.status.as_ref()).and_then(|s| s.observed_generation) >= generation
+            });
+            tokio::time::timeout(Duration::from_secs(60), seen).await.expect("status caught up").unwrap();
             lat.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         tokio::time::sleep(Duration::from_secs(3)).await;
+        let change_requests = (requests().await - req0) / (reconciles().await - rec0);
 
         // No-op reconciles: an annotation change reconciles without anything to do.
         let writes0 = scrape(&op.metrics_addr, "locall_api_writes_total").await;
-        let rec0 = scrape(&op.metrics_addr, "controller_runtime_reconcile_total").await;
+        let (req0, rec0) = (requests().await, reconciles().await);
         for i in 0..100.min(n) {
             let api: Api<LocallRelease> = Api::namespaced(client.clone(), &namespaces[i % NAMESPACES]);
             let patch = serde_json::json!({"metadata": {"annotations": {"bench.locall.io/touch": format!("{n}")}}});
@@ -132,7 +164,8 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_secs(5)).await;
         let noop_writes = scrape(&op.metrics_addr, "locall_api_writes_total").await - writes0;
-        let noop_reconciles = scrape(&op.metrics_addr, "controller_runtime_reconcile_total").await - rec0;
+        let noop_reconciles = reconciles().await - rec0;
+        let noop_requests = (requests().await - req0) / noop_reconciles;
 
         // Restart: time until every release has been reconciled again.
         op.kill();
@@ -146,7 +179,7 @@ async fn main() {
 
         let (p50, p99) = (pct(&mut lat.clone(), 0.5), pct(&mut lat, 0.99));
         println!(
-            "{n} releases: all Succeeded in {settle_all:.1} s; RSS {rss:.1} MiB; CPU {:.1} s; reconcile p50 {p50:.1} ms p99 {p99:.1} ms; no-op: {noop_writes} writes over {noop_reconciles} reconciles; restart settle {restart_settle:.1} s",
+            "{n} releases: all Succeeded in {settle_all:.1} s; RSS {rss:.1} MiB; CPU {:.1} s; reconcile p50 {p50:.1} ms p99 {p99:.1} ms; API requests per reconcile {change_requests:.1} (spec change) {noop_requests:.1} (no-op); no-op: {noop_writes} writes over {noop_reconciles} reconciles; restart settle {restart_settle:.1} s",
             cpu1 - cpu0
         );
         results.insert(format!("rss_mib_{n}"), rss.into());
@@ -156,9 +189,16 @@ async fn main() {
         results.insert(format!("all_succeeded_s_{n}"), settle_all.into());
         results.insert(format!("restart_settle_s_{n}"), restart_settle.into());
         results.insert(format!("noop_reconciles_{n}"), noop_reconciles.into());
+        results.insert(format!("api_requests_per_reconcile_{n}"), change_requests.into());
+        results.insert(format!("api_requests_per_noop_reconcile_{n}"), noop_requests.into());
         results
             .insert("noop_reconcile_writes".into(), (if noop_reconciles > 0.0 { noop_writes / noop_reconciles } else { f64::NAN }).into());
     }
+    // BENCH_KEEP=1 leaves the releases (and stops the operator) for experiments.
+    if std::env::var_os("BENCH_KEEP").is_none() {
+        remove_namespaces(&client).await;
+    }
+    drop(op);
     let path = repo().join("target/bench/results.json");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let mut all: serde_json::Map<String, serde_json::Value> =

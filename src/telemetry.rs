@@ -40,11 +40,18 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     /// API writes made (creates, applies, patches, deletes).
     pub writes: Counter<u64, AtomicU64>,
+    /// Every request the operator's client sent to the API server, by verb.
+    pub api_requests: Family<VerbLabel, Counter>,
     pub phase: Family<PhaseLabels, Gauge>,
     pub weight: Family<ReleaseLabels, Gauge>,
     pub rollbacks: Family<ReleaseLabels, Counter>,
     pub notifications: Family<ResultLabel, Counter>,
     pub gate_value: Family<GateLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerbLabel {
+    pub verb: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -62,6 +69,7 @@ impl Default for Metrics {
             reconcile_total: Family::default(),
             reconcile_duration: Histogram::new([0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5, 5.0]),
             writes: Counter::default(),
+            api_requests: Family::default(),
             phase: Family::default(),
             weight: Family::default(),
             rollbacks: Family::default(),
@@ -75,7 +83,8 @@ impl Default for Metrics {
         );
         registry.register("controller_runtime_reconcile_time_seconds", "Time per reconciliation", m.reconcile_duration.clone());
         registry.register("locall_api_writes", "Writes the operator made to the API server", m.writes.clone());
-        registry.register("locall_release_phase", "1 for each release's current phase", m.phase.clone());
+        registry.register("locall_api_requests", "Requests sent to the API server, by verb", m.api_requests.clone());
+        registry.register("locall_release_phase", "1 for each release, labelled with its current phase", m.phase.clone());
         registry.register("locall_release_traffic_weight", "Candidate's traffic share in the current stage", m.weight.clone());
         registry.register("locall_rollbacks", "Automatic rollbacks started", m.rollbacks.clone());
         registry.register("locall_notifications", "Notification deliveries by result", m.notifications.clone());
@@ -99,6 +108,23 @@ const PHASES: [Phase; 10] = [
 ];
 
 impl Metrics {
+    /// Counts one request to the API server: watch, get (gets and lists), create, patch, update
+    /// or delete.
+    pub fn api_request(&self, method: &str, uri: &str) {
+        let query = uri.split_once('?').map(|(_, q)| q).unwrap_or("");
+        let watch = query.split('&').any(|kv| kv == "watch=true" || kv == "watch=1");
+        let verb = match method {
+            "GET" if watch => "watch",
+            "GET" => "get",
+            "POST" => "create",
+            "PATCH" => "patch",
+            "PUT" => "update",
+            "DELETE" => "delete",
+            _ => "other",
+        };
+        self.api_requests.get_or_create(&VerbLabel { verb: verb.into() }).inc();
+    }
+
     /// Counts a finished reconcile by its result: success, conflict (a write refused because
     /// the release changed meanwhile; retried on fresh state) or error.
     pub fn reconcile_done(&self, took: Duration, result: &str) {
@@ -115,10 +141,13 @@ impl Metrics {
     pub fn observe_release(&self, lr: &LocallRelease, status: &crate::api::LocallReleaseStatus) {
         let (namespace, name) = (lr.namespace().unwrap_or_default(), lr.name_any());
         let before = lr.status.as_ref().map(|s| s.phase);
-        for p in PHASES {
-            let l = PhaseLabels { namespace: namespace.clone(), name: name.clone(), phase: p.as_str().into() };
-            self.phase.get_or_create(&l).set((p == status.phase) as i64);
+        // One series per release, for its current phase (a phase it left is removed, not kept
+        // at 0: ten series per release would cost more than the release itself).
+        for p in PHASES.into_iter().filter(|p| *p != status.phase) {
+            self.phase.remove(&PhaseLabels { namespace: namespace.clone(), name: name.clone(), phase: p.as_str().into() });
         }
+        let l = PhaseLabels { namespace: namespace.clone(), name: name.clone(), phase: status.phase.as_str().into() };
+        self.phase.get_or_create(&l).set(1);
         for g in &status.gates {
             if let Some(v) = g.value {
                 let gl = GateLabels { namespace: namespace.clone(), name: name.clone(), metric: g.metric.clone() };

@@ -104,7 +104,8 @@ async fn the_plugin_shows_approves_waits_and_rolls_back_a_release() {
     assert!(out.contains(&format!("✔ staging ({ns}-stg)  100%")), "{out}");
     assert!(out.contains(&format!("⏸ production ({ns})  awaiting approval")), "{out}");
     assert!(out.contains("├─ jobs\n") && out.contains("✔ migrate"), "{out}");
-    assert!(out.contains("preflight: 2/2 passed"), "{out}");
+    // Two referenced objects and the staging namespace.
+    assert!(out.contains("preflight: 3/3 passed"), "{out}");
 
     let (code, out, _) = plugin(&["-A", "list"]);
     assert_eq!(code, 0);

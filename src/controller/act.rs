@@ -67,7 +67,7 @@ async fn remove_stale_services(ctx: &Context, lr: &LocallRelease, d: &Decision) 
 async fn apply_traffic(ctx: &Context, lr: &LocallRelease, d: &Decision, router: Router) -> Result<u32, Error> {
     let mut writes = 0;
     for stage in &d.desired.stages {
-        writes += router.apply(&ctx.client, lr, stage).await.map_err(|e| Error::Act("route traffic", e))?;
+        writes += router.apply(&ctx.client, &ctx.applied, lr, stage).await.map_err(|e| Error::Act("route traffic", e))?;
     }
     ctx.metrics.writes.inc_by(writes as u64);
     Ok(writes)

@@ -41,6 +41,11 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Prometheus for metric gates, unless a release names its own.
     pub prometheus_url: Option<String>,
+    /// What the Services and HTTPRoutes the operator applied carry (watch caches).
+    pub applied: crate::traffic::Applied,
+    /// Releases whose last status write conflicted: their next reconcile reads them from the
+    /// API server rather than the watch cache (a hint for freshness, not state).
+    pub fresh_read: std::sync::Mutex<std::collections::HashSet<ObjectRef<LocallRelease>>>,
 }
 
 /// How the operator is configured.
@@ -50,6 +55,8 @@ pub struct Config {
     pub release_selector: Option<String>,
     /// Default Prometheus URL for metric gates.
     pub prometheus_url: Option<String>,
+    /// Releases reconciled at the same time (0: no limit).
+    pub concurrency: u16,
 }
 
 /// Each step of a reconcile fails with its own variant, so an error says where it happened.
@@ -92,11 +99,15 @@ pub async fn run(
     let selector = watcher::Config::default().labels(&format!("{}={}", crate::api::labels::MANAGED_BY, crate::api::labels::MANAGER));
     let (deployments, dep_writer) = reflector::store::<Deployment>();
     let (jobs, job_writer) = reflector::store::<Job>();
-    let dep_stream = reflector::reflector(dep_writer, watcher(Api::<Deployment>::all(client.clone()), selector.clone()))
+    let applied = watch_applied(&client, &selector);
+    // The caches keep only what observe and act read: no managedFields, no pod templates.
+    let dep_stream = watcher(Api::<Deployment>::all(client.clone()), selector.clone())
+        .modify(slim_deployment)
         .default_backoff()
+        .reflect(dep_writer)
         .applied_objects();
     let job_stream =
-        reflector::reflector(job_writer, watcher(Api::<Job>::all(client.clone()), selector)).default_backoff().applied_objects();
+        watcher(Api::<Job>::all(client.clone()), selector).modify(slim_job).default_backoff().reflect(job_writer).applied_objects();
     let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let ctx = Arc::new(Context {
         client: client.clone(),
@@ -105,13 +116,25 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
         prometheus_url: config.prometheus_url.clone(),
+        applied,
+        fresh_read: Default::default(),
     });
     let releases = Api::<LocallRelease>::all(client.clone());
     let mut wc = watcher::Config::default().any_semantic();
     if let Some(sel) = config.release_selector.as_deref().filter(|s| !s.is_empty()) {
         wc = wc.labels(sel);
     }
-    Controller::new(releases, wc)
+    let (release_store, release_writer) = reflector::store::<LocallRelease>();
+    // Our own status writes come back as watch events: they change nothing a reconcile reads
+    // that it did not just write, so only spec, metadata and deletion trigger a reconcile.
+    let release_stream = watcher(releases, wc)
+        .modify(|lr| lr.managed_fields_mut().clear())
+        .default_backoff()
+        .reflect(release_writer)
+        .applied_objects()
+        .predicate_filter(release_trigger, Default::default());
+    Controller::for_stream(release_stream, release_store)
+        .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
         .watches_stream(dep_stream, owner_of)
         .watches_stream(job_stream, owner_of)
         .graceful_shutdown_on(shutdown)
@@ -127,6 +150,64 @@ pub async fn run(
         .await;
 }
 
+/// Metadata-only watch caches of the operator's Services and HTTPRoutes, kept up to date in the
+/// background. A cluster without the HTTPRoute CRD just leaves that cache empty (and the
+/// Gateway router, unused there, would ask the API server).
+fn watch_applied(client: &Client, selector: &watcher::Config) -> crate::traffic::Applied {
+    use k8s_openapi::api::core::v1::Service;
+    use kube::api::{DynamicObject, PartialObjectMeta};
+    let (services, svc_writer) = reflector::store::<PartialObjectMeta<Service>>();
+    let svc_stream = watcher(Api::<PartialObjectMeta<Service>>::all(client.clone()), selector.clone())
+        .modify(|m| m.managed_fields_mut().clear())
+        .default_backoff()
+        .reflect(svc_writer);
+    let ar = crate::traffic::gateway::httproute_resource();
+    let route_writer = reflector::store::Writer::<PartialObjectMeta<DynamicObject>>::new(ar.clone());
+    let routes = route_writer.as_reader();
+    let route_stream = watcher(Api::<PartialObjectMeta<DynamicObject>>::all_with(client.clone(), &ar), selector.clone())
+        .modify(|m| m.managed_fields_mut().clear())
+        .default_backoff()
+        .reflect(route_writer);
+    tokio::spawn(svc_stream.for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "Service metadata watch");
+        }
+    }));
+    tokio::spawn(route_stream.for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "HTTPRoute metadata watch");
+        }
+    }));
+    crate::traffic::Applied { services: Some(services), routes: Some(routes) }
+}
+
+/// What makes a release worth reconciling again: its spec (generation), labels, annotations
+/// (approvals, requests), finalizers and deletion. Not its status.
+fn release_trigger(lr: &LocallRelease) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    lr.metadata.generation.hash(&mut h);
+    lr.labels().hash(&mut h);
+    lr.annotations().hash(&mut h);
+    lr.finalizers().hash(&mut h);
+    lr.metadata.deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
+}
+
+fn slim_deployment(d: &mut Deployment) {
+    d.managed_fields_mut().clear();
+    if let Some(spec) = d.spec.as_mut() {
+        spec.template = Default::default();
+    }
+}
+
+fn slim_job(j: &mut Job) {
+    j.managed_fields_mut().clear();
+    if let Some(spec) = j.spec.as_mut() {
+        spec.template = Default::default();
+    }
+}
+
 /// Maps a labelled child (in any namespace) back to its release.
 fn owner_of<K: Resource>(child: K) -> Option<ObjectRef<LocallRelease>> {
     let v = child.meta().labels.as_ref()?.get(crate::api::labels::RELEASE)?;
@@ -136,7 +217,8 @@ fn owner_of<K: Resource>(child: K) -> Option<ObjectRef<LocallRelease>> {
 
 fn error_policy(_lr: Arc<LocallRelease>, err: &Error, _ctx: Arc<Context>) -> Action {
     if err.is_conflict() {
-        Action::requeue(Duration::from_millis(200))
+        // Usually our own previous write, not yet seen by the watch: it arrives within ms.
+        Action::requeue(Duration::from_millis(50))
     } else {
         Action::requeue(Duration::from_secs(5))
     }
@@ -146,6 +228,18 @@ fn error_policy(_lr: Arc<LocallRelease>, err: &Error, _ctx: Arc<Context>) -> Act
 async fn reconcile(lr: Arc<LocallRelease>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     let api: Api<LocallRelease> = Api::namespaced(ctx.client.clone(), &lr.namespace().unwrap_or_default());
+    // After a conflict, the watch cache may be what is behind (a watch that hangs after an API
+    // server restart stays stale for minutes): the retry reads the release from the API server.
+    let key = ObjectRef::from_obj(&*lr);
+    let stale = ctx.fresh_read.lock().unwrap().remove(&key);
+    let lr = if stale {
+        match api.get_opt(&key.name).await {
+            Ok(Some(fresh)) => Arc::new(fresh),
+            _ => lr,
+        }
+    } else {
+        lr
+    };
     let res = finalizer(&api, FINALIZER, lr, |event| async {
         match event {
             Finalizer::Apply(lr) => reconcile_release(&lr, &ctx).await,
@@ -156,7 +250,10 @@ async fn reconcile(lr: Arc<LocallRelease>, ctx: Arc<Context>) -> Result<Action, 
     .map_err(|e| Error::Finalizer(Box::new(e)));
     let result = match &res {
         Ok(_) => "success",
-        Err(e) if e.is_conflict() => "conflict",
+        Err(e) if e.is_conflict() => {
+            ctx.fresh_read.lock().unwrap().insert(key);
+            "conflict"
+        }
         Err(_) => "error",
     };
     ctx.metrics.reconcile_done(started.elapsed(), result);

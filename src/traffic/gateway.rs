@@ -1,7 +1,7 @@
 //! Gateway API: one Service per revision and an HTTPRoute whose backend weights split the
 //! stage's traffic between the stable version and the candidate.
 
-use super::{ensure_service, MANAGER};
+use super::{ensure_service, Applied, MANAGER};
 use crate::{
     api::{labels, LocallRelease},
     controller::build,
@@ -64,7 +64,7 @@ pub fn route(lr: &LocallRelease, stage: &StageDesired) -> serde_json::Value {
     })
 }
 
-pub async fn apply(client: &Client, lr: &LocallRelease, stage: &StageDesired) -> Result<u32, kube::Error> {
+pub async fn apply(client: &Client, applied: &Applied, lr: &LocallRelease, stage: &StageDesired) -> Result<u32, kube::Error> {
     let Some(t) = &stage.traffic else { return Ok(0) };
     let release = lr.name_any();
     let mut writes = 0;
@@ -72,13 +72,16 @@ pub async fn apply(client: &Client, lr: &LocallRelease, stage: &StageDesired) ->
         let selector = BTreeMap::from([(labels::NAME.to_string(), release.clone()), (labels::REVISION.to_string(), rev.clone())]);
         let mut svc = build::service(lr, stage, &names::revision_service(&release, rev), selector);
         svc.metadata.labels.get_or_insert_with(Default::default).insert(labels::REVISION.into(), rev.clone());
-        writes += ensure_service(client, svc).await?;
+        writes += ensure_service(client, applied, svc).await?;
     }
     let mut body = route(lr, stage);
     let hash = build::content_hash(&body);
     body["metadata"]["annotations"][build::APPLIED_HASH] = hash.clone().into();
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &stage.namespace, &httproute_resource());
     let name = names::entry_service(&release);
+    if applied.route_hash(&stage.namespace, &name).as_ref() == Some(&hash) {
+        return Ok(writes);
+    }
     if let Some(cur) = api.get_opt(&name).await? {
         if cur.annotations().get(build::APPLIED_HASH) == Some(&hash) {
             return Ok(writes);

@@ -13,7 +13,8 @@ use crate::{
 };
 use k8s_openapi::api::core::v1::Service;
 use kube::{
-    api::{Api, Patch, PatchParams},
+    api::{Api, DynamicObject, PartialObjectMeta, Patch, PatchParams},
+    runtime::reflector::{ObjectRef, Store},
     Client, ResourceExt,
 };
 
@@ -36,10 +37,10 @@ impl Router {
     }
 
     /// Makes the stage's routing match its target. Returns the number of writes made.
-    pub async fn apply(self, client: &Client, lr: &LocallRelease, stage: &StageDesired) -> Result<u32, kube::Error> {
+    pub async fn apply(self, client: &Client, applied: &Applied, lr: &LocallRelease, stage: &StageDesired) -> Result<u32, kube::Error> {
         match self {
-            Router::Gateway => gateway::apply(client, lr, stage).await,
-            Router::ReplicaRatio => replicas::apply(client, lr, stage).await,
+            Router::Gateway => gateway::apply(client, applied, lr, stage).await,
+            Router::ReplicaRatio => replicas::apply(client, applied, lr, stage).await,
         }
     }
 
@@ -58,12 +59,37 @@ impl Router {
     }
 }
 
-/// Applies a Service unless the one in the cluster already carries the same content hash.
-pub(crate) async fn ensure_service(client: &Client, svc: Service) -> Result<u32, kube::Error> {
+/// Watch caches of the metadata of the Services and HTTPRoutes the operator applied: what
+/// content hash each carries, so an unchanged object costs no request at all.
+#[derive(Clone, Default)]
+pub struct Applied {
+    pub services: Option<Store<PartialObjectMeta<Service>>>,
+    pub routes: Option<Store<PartialObjectMeta<DynamicObject>>>,
+}
+
+impl Applied {
+    fn service_hash(&self, ns: &str, name: &str) -> Option<String> {
+        let meta = self.services.as_ref()?.get(&ObjectRef::new(name).within(ns))?;
+        meta.annotations().get(build::APPLIED_HASH).cloned()
+    }
+
+    fn route_hash(&self, ns: &str, name: &str) -> Option<String> {
+        let store = self.routes.as_ref()?;
+        let meta = store.get(&ObjectRef::new_with(name, gateway::httproute_resource()).within(ns))?;
+        meta.annotations().get(build::APPLIED_HASH).cloned()
+    }
+}
+
+/// Applies a Service unless the one in the cluster already carries the same content hash (asked
+/// of the watch cache first, of the API server when the cache does not say so).
+pub(crate) async fn ensure_service(client: &Client, applied: &Applied, svc: Service) -> Result<u32, kube::Error> {
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
     let api: Api<Service> = Api::namespaced(client.clone(), &ns);
     let (svc, hash) = build::stamp(svc);
+    if applied.service_hash(&ns, &name).as_ref() == Some(&hash) {
+        return Ok(0);
+    }
     if let Some(cur) = api.get_opt(&name).await? {
         if cur.annotations().get(build::APPLIED_HASH) == Some(&hash) {
             return Ok(0);

@@ -2,7 +2,7 @@
 //! move it selects both versions and the ratio of Ready replicas splits the traffic; at 0% and
 //! 100% its selector pins one revision, so a rollback is one Service update, whatever the pods.
 
-use super::ensure_service;
+use super::{ensure_service, Applied};
 use crate::{
     api::{labels, LocallRelease},
     controller::build,
@@ -30,9 +30,9 @@ pub fn selector(release: &str, stage: &StageDesired) -> Option<BTreeMap<String, 
     Some(sel)
 }
 
-pub async fn apply(client: &Client, lr: &LocallRelease, stage: &StageDesired) -> Result<u32, kube::Error> {
+pub async fn apply(client: &Client, applied: &Applied, lr: &LocallRelease, stage: &StageDesired) -> Result<u32, kube::Error> {
     let Some(sel) = selector(&lr.name_any(), stage) else { return Ok(0) };
-    ensure_service(client, build::service(lr, stage, &names::entry_service(&lr.name_any()), sel)).await
+    ensure_service(client, applied, build::service(lr, stage, &names::entry_service(&lr.name_any()), sel)).await
 }
 
 /// The candidate's share: pinned selectors say 0 or 100; otherwise the ratio of Ready pods.
