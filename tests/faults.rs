@@ -10,7 +10,7 @@ mod support;
 
 use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
 use kube::{
-    api::{Api, DynamicObject, ListParams, Patch, PatchParams},
+    api::{Api, ListParams, Patch, PatchParams},
     Client, ResourceExt,
 };
 use locall_operator::api::{conditions, JobKind, JobState, LocallRelease, Phase};
@@ -18,8 +18,6 @@ use std::{collections::BTreeMap, time::Duration};
 use support::*;
 
 const HOLD: &str = "hold.locall.io/running";
-
-const ERROR_RATIO: &str = r#"sum(rate(http_requests_total{namespace="{{namespace}}",service="{{service}}",version="{{version}}",code=~"5.."}[10s])) / sum(rate(http_requests_total{namespace="{{namespace}}",service="{{service}}",version="{{version}}"}[10s]))"#;
 
 /// Staging then production behind an approval, with a migration, metric gates, a go-live window
 /// and a rollback plan. With `hold`, the migration, the staging e2e Job and the restore keep
@@ -141,17 +139,6 @@ async fn crash_and_restart(op: &mut Operator, label: &str) {
     .await;
 }
 
-async fn route(client: &Client, ns: &str) -> BTreeMap<String, i64> {
-    let ar = locall_operator::traffic::gateway::httproute_resource();
-    let r = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar).get("locall-api").await.unwrap();
-    r.data["spec"]["rules"][0]["backendRefs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| (b["name"].as_str().unwrap().to_string(), b["weight"].as_i64().unwrap()))
-        .collect()
-}
-
 #[tokio::test]
 async fn an_operator_killed_at_every_phase_boundary_ends_the_release_as_it_would_have() {
     let client = client().await;
@@ -211,7 +198,7 @@ async fn an_operator_killed_at_every_phase_boundary_ends_the_release_as_it_would
         if st.step == step && st.phase == Phase::Production {
             assert_eq!(st.step_started_at, started, "the pause of step {step} kept its start");
         }
-        let r = route(&client, &ns).await;
+        let r = route_weights(&client, &ns).await;
         assert!(r.values().sum::<i64>() == 100, "{r:?}");
     }
 
@@ -219,7 +206,7 @@ async fn an_operator_killed_at_every_phase_boundary_ends_the_release_as_it_would
     wait_status(&client, &ns, "2.0.0", "in the go-live window", |st| st.phase == Phase::GoLive).await;
     crash_and_restart(&mut op, &label).await;
     assert_eq!(release(&client, &ns).await.unwrap().status.unwrap().phase, Phase::GoLive);
-    assert_eq!(route(&client, &ns).await.get(&format!("locall-api-{stable_rev}")), Some(&0));
+    assert_eq!(route_weights(&client, &ns).await.get(&format!("locall-api-{stable_rev}")), Some(&0));
 
     // The new version degrades: its pods start answering 20% errors.
     let rev = release(&client, &ns).await.unwrap().status.unwrap().revision;
@@ -232,7 +219,7 @@ async fn an_operator_killed_at_every_phase_boundary_ends_the_release_as_it_would
     assert_eq!(release(&client, &ns).await.unwrap().status.unwrap().phase, Phase::RollingBack);
     seen.extend(jobs(&client, &ns).await);
     crash_and_restart(&mut op, &label).await;
-    assert_eq!(route(&client, &ns).await.get(&format!("locall-api-{stable_rev}")), Some(&100));
+    assert_eq!(route_weights(&client, &ns).await.get(&format!("locall-api-{stable_rev}")), Some(&100));
     finish(&restore);
 
     // Where it would have ended without the crashes.
@@ -243,7 +230,7 @@ async fn an_operator_killed_at_every_phase_boundary_ends_the_release_as_it_would
     assert!(f.traffic_restored_at.is_some() && f.database_restored_at.is_some() && f.verified_at.is_some(), "{f:?}");
     assert!(conditions::is_true(&st.conditions, "RollbackVerified"));
     assert_eq!(st.stable.as_ref().unwrap().version, "1.0.0");
-    let r = route(&client, &ns).await;
+    let r = route_weights(&client, &ns).await;
     assert_eq!(r.get(&format!("locall-api-{stable_rev}")), Some(&100), "{r:?}");
     assert_eq!(st.approvals.iter().filter(|a| a.stage == "production").count(), 1, "{:?}", st.approvals);
     assert_eq!(st.approvals[0].by, "alice@locall.io");

@@ -5,14 +5,12 @@ mod support;
 
 use k8s_openapi::api::batch::v1::Job;
 use kube::{
-    api::{Api, DynamicObject, ListParams},
+    api::{Api, ListParams},
     Client,
 };
 use locall_operator::api::{conditions, JobKind, LocallRelease, Phase};
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 use support::*;
-
-const ERROR_RATIO: &str = r#"sum(rate(http_requests_total{namespace="{{namespace}}",service="{{service}}",version="{{version}}",code=~"5.."}[10s])) / sum(rate(http_requests_total{namespace="{{namespace}}",service="{{service}}",version="{{version}}"}[10s]))"#;
 
 /// A production release with metric gates; `annotations` make the version good or bad.
 fn manifest(ns: &str, version: &str, annotations: &str, migration: bool, stages: &str, go_live: &str) -> String {
@@ -89,20 +87,9 @@ async fn wait_phase(client: &Client, ns: &str, version: &str, phase: Phase, secs
 
 /// The stable revision's weight and the sum of every other backend's.
 async fn split(client: &Client, ns: &str, stable_rev: &str) -> (i64, i64) {
-    let r = route(client, ns).await;
+    let r = route_weights(client, ns).await;
     let stable = r.get(&format!("locall-api-{stable_rev}")).copied().unwrap_or(0);
     (stable, r.values().sum::<i64>() - stable)
-}
-
-async fn route(client: &Client, ns: &str) -> BTreeMap<String, i64> {
-    let ar = locall_operator::traffic::gateway::httproute_resource();
-    let r = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar).get("locall-api").await.unwrap();
-    r.data["spec"]["rules"][0]["backendRefs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| (b["name"].as_str().unwrap().to_string(), b["weight"].as_i64().unwrap()))
-        .collect()
 }
 
 async fn restore_jobs(client: &Client, ns: &str) -> usize {

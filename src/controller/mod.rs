@@ -313,12 +313,22 @@ async fn reconcile_release(lr: &LocallRelease, ctx: &Context) -> Result<Action, 
 
 /// The engine's snapshot for this release.
 async fn observe(ctx: &Context, lr: &LocallRelease, status: &LocallReleaseStatus, router: Router) -> Result<Observed, Error> {
+    // Each annotation parsed once: a value, or the problem that goes into AnnotationsValid.
+    let mut annotation_errors = vec![];
+    let approval = observe::annotation_approval(lr).unwrap_or_else(|e| {
+        annotation_errors.push(e);
+        None
+    });
+    let request = observe::request(lr).unwrap_or_else(|e| {
+        annotation_errors.push(e);
+        None
+    });
     let mut obs = Observed {
         deployments: observe::deployments(&ctx.deployments, lr),
         jobs: observe::jobs(&ctx.jobs, lr),
-        annotation_approval: observe::annotation_approval(lr).ok().flatten(),
-        request: observe::request(lr).ok().flatten(),
-        annotation_errors: [observe::annotation_approval(lr).err(), observe::request(lr).err()].into_iter().flatten().collect(),
+        annotation_approval: approval,
+        request,
+        annotation_errors,
         ..Default::default()
     };
     let revision = names::revision(&lr.spec);

@@ -288,3 +288,19 @@ pub async fn scrape(metrics_addr: &str, name: &str) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// The 5xx ratio of one version behind one Service, as the simulator exports it (a gate's query).
+pub const ERROR_RATIO: &str = r#"sum(rate(http_requests_total{namespace="{{namespace}}",service="{{service}}",version="{{version}}",code=~"5.."}[10s])) / sum(rate(http_requests_total{namespace="{{namespace}}",service="{{service}}",version="{{version}}"}[10s]))"#;
+
+/// The backends of the release's HTTPRoute `locall-api` in `ns`: (Service name, weight).
+pub async fn route_weights(client: &Client, ns: &str) -> std::collections::BTreeMap<String, i64> {
+    use kube::api::DynamicObject;
+    let ar = locall_operator::traffic::gateway::httproute_resource();
+    let r = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar).get("locall-api").await.unwrap();
+    r.data["spec"]["rules"][0]["backendRefs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["name"].as_str().unwrap().to_string(), b["weight"].as_i64().unwrap()))
+        .collect()
+}
