@@ -9,6 +9,7 @@ pub mod controller;
 pub mod engine;
 pub mod metrics;
 pub mod notify;
+pub mod plan;
 pub mod plugin;
 pub mod sim;
 pub mod telemetry;

@@ -9,6 +9,7 @@ use kube::{
     api::{Api, ApiResource, DynamicObject, GroupVersionKind, PostParams},
     Client,
 };
+use locall_operator::api::Dur;
 use serde_json::{json, Value};
 use std::path::Path;
 use support::*;
@@ -168,6 +169,26 @@ fn remove(v: &mut Value, pointer: &str) {
     assert!(removed.is_some(), "no {pointer} in BASE");
 }
 
+/// A metric with a rollback trigger, named `name`.
+fn metric(name: &str) -> Value {
+    json!({"name": name, "query": "sum(rate(errors[1m]))", "rollback": {"op": ">", "value": 0.05}})
+}
+
+/// An analysis of the given metrics.
+fn analysis(metrics: Value) -> Value {
+    json!({"interval": "10s", "metrics": metrics})
+}
+
+/// A go-live window.
+fn window(name: &str, duration: &str, interval: &str) -> Value {
+    json!({"name": name, "duration": duration, "interval": interval})
+}
+
+/// A notification target named `name`.
+fn notification(name: &str) -> Value {
+    json!({"name": name, "format": "Slack", "urlSecret": {"name": "hooks", "key": "slack"}})
+}
+
 /// A change to BASE.
 type Edit = fn(&mut Value);
 
@@ -193,7 +214,7 @@ fn cases() -> Vec<Case> {
             edit: |v| set(v, "/spec/stages/1/steps", json!([{"weight": 10}, {"weight": 50}])),
             path: "spec.stages[1].steps",
         },
-        Case { what: "duplicate stage names", edit: |v| set(v, "/spec/stages/1/name", json!("staging")), path: "spec.stages" },
+        Case { what: "duplicate stage names", edit: |v| set(v, "/spec/stages/1/name", json!("staging")), path: "spec.stages[1]" },
         Case {
             what: "duplicate step weights",
             edit: |v| set(v, "/spec/stages/1/steps", json!([{"weight": 50}, {"weight": 50}, {"weight": 100}])),
@@ -229,7 +250,7 @@ fn cases() -> Vec<Case> {
         Case {
             what: "duplicate preDeploy Job names",
             edit: |v| set(v, "/spec/hooks/preDeploy/1/name", json!("tests")),
-            path: "spec.hooks.preDeploy",
+            path: "spec.hooks.preDeploy[1]",
         },
         Case {
             what: "preDeploy Job name with uppercase",
@@ -360,12 +381,12 @@ fn cases() -> Vec<Case> {
         Case {
             what: "duplicate verify Job names",
             edit: |v| set(v, "/spec/stages/0/verify", json!([{"name": "e2e"}, {"name": "e2e"}])),
-            path: "spec.stages[0].verify",
+            path: "spec.stages[0].verify[1]",
         },
         Case {
             what: "duplicate postDeploy Job names",
             edit: |v| set(v, "/spec/hooks/postDeploy", json!([{"name": "alerts"}, {"name": "alerts"}])),
-            path: "spec.hooks.postDeploy",
+            path: "spec.hooks.postDeploy[1]",
         },
         Case {
             what: "schema-changing migration without a restore Job",
@@ -381,6 +402,154 @@ fn cases() -> Vec<Case> {
             what: "pod template without containers",
             edit: |v| remove(v, "/spec/template/spec/containers"),
             path: "spec.template.spec.containers",
+        },
+        // Durations: bounded, so the engine's time arithmetic never overflows and every admitted
+        // string parses; intervals and windows never zero.
+        Case {
+            what: "pause of 2300000000h",
+            edit: |v| set(v, "/spec/stages/1/steps/0/pause", json!("2300000000h")),
+            path: "spec.stages[1].steps[0].pause",
+        },
+        Case {
+            what: "Job timeout of 99999999999s",
+            edit: |v| set(v, "/spec/hooks/preDeploy/0/timeout", json!("99999999999s")),
+            path: "spec.hooks.preDeploy[0].timeout",
+        },
+        Case {
+            what: "TLS minValidity of 9000h (more than a year)",
+            edit: |v| set(v, "/spec/preflight/tls/0/minValidity", json!("9000h")),
+            path: "spec.preflight.tls[0].minValidity",
+        },
+        Case {
+            what: "pause with a 7-digit number",
+            edit: |v| set(v, "/spec/stages/1/steps/0/pause", json!("1000000ms")),
+            path: "spec.stages[1].steps[0].pause",
+        },
+        Case {
+            what: "duration longer than 20 characters",
+            edit: |v| set(v, "/spec/hooks/migration/backup/timeout", json!("1h1h1h1h1h1h1h1h1h1h1h")),
+            path: "spec.hooks.migration.backup.timeout",
+        },
+        Case {
+            what: "restore timeout over a year in minutes",
+            edit: |v| set(v, "/spec/hooks/migration/restore/timeout", json!("525601m")),
+            path: "spec.hooks.migration.restore.timeout",
+        },
+        Case {
+            what: "analysis interval 0s",
+            edit: |v| set(v, "/spec/analysis", json!({"interval": "0s", "metrics": [metric("e")]})),
+            path: "spec.analysis.interval",
+        },
+        Case {
+            what: "metric interval 500ms",
+            edit: |v| {
+                let mut m = metric("e");
+                m["interval"] = json!("500ms");
+                set(v, "/spec/analysis", analysis(json!([m])));
+            },
+            path: "spec.analysis.metrics[0].interval",
+        },
+        Case {
+            what: "go-live window of 0s",
+            edit: |v| set(v, "/spec/goLive", json!({"windows": [window("0-15m", "0s", "1s")]})),
+            path: "spec.goLive.windows[0].duration",
+        },
+        Case {
+            what: "go-live window measured every 0s",
+            edit: |v| set(v, "/spec/goLive", json!({"windows": [window("0-15m", "15m", "1m"), window("15m-2h", "1h45m", "0ms")]})),
+            path: "spec.goLive.windows[1].interval",
+        },
+        Case {
+            what: "go-live window longer than a year",
+            edit: |v| set(v, "/spec/goLive", json!({"windows": [window("forever", "9000h", "1h")]})),
+            path: "spec.goLive.windows[0].duration",
+        },
+        // Names: unique in their lists (the API server names the second), never `--`.
+        Case {
+            what: "duplicate metric names",
+            edit: |v| set(v, "/spec/analysis", analysis(json!([metric("error-rate"), metric("latency"), metric("error-rate")]))),
+            path: "spec.analysis.metrics[2]",
+        },
+        Case {
+            what: "duplicate rollback verify Job names",
+            edit: |v| set(v, "/spec/rollback", json!({"verify": [{"name": "smoke"}, {"name": "smoke"}]})),
+            path: "spec.rollback.verify[1]",
+        },
+        Case {
+            what: "duplicate notification names",
+            edit: |v| set(v, "/spec/notifications", json!([notification("eng"), notification("eng")])),
+            path: "spec.notifications[1]",
+        },
+        Case {
+            what: "duplicate go-live window names",
+            edit: |v| set(v, "/spec/goLive", json!({"windows": [window("w", "15m", "1m"), window("w", "1h", "5m")]})),
+            path: "spec.goLive.windows[1]",
+        },
+        Case { what: "stage name with --", edit: |v| set(v, "/spec/stages/0/name", json!("pre--prod")), path: "spec.stages[0].name" },
+        Case {
+            what: "preDeploy Job name with --",
+            edit: |v| set(v, "/spec/hooks/preDeploy/1/name", json!("cache--clear")),
+            path: "spec.hooks.preDeploy[1].name",
+        },
+        Case {
+            what: "postDeploy Job name with --",
+            edit: |v| set(v, "/spec/hooks/postDeploy/0/name", json!("enable--alerts")),
+            path: "spec.hooks.postDeploy[0].name",
+        },
+        Case {
+            what: "verify Job name with --",
+            edit: |v| set(v, "/spec/stages/0/verify/0/name", json!("e2e--full")),
+            path: "spec.stages[0].verify[0].name",
+        },
+        Case {
+            what: "rollback verify Job name with --",
+            edit: |v| set(v, "/spec/rollback", json!({"verify": [{"name": "smoke--test"}]})),
+            path: "spec.rollback.verify[0].name",
+        },
+        Case {
+            what: "metric name with --",
+            edit: |v| set(v, "/spec/analysis", analysis(json!([metric("error--rate")]))),
+            path: "spec.analysis.metrics[0].name",
+        },
+        Case { what: "stage name ending in -", edit: |v| set(v, "/spec/stages/0/name", json!("staging-")), path: "spec.stages[0].name" },
+        // Each stage in its own namespace.
+        Case {
+            what: "two stages in the same namespace",
+            edit: |v| set(v, "/spec/stages/1/namespace", json!("admission-staging")),
+            path: "spec.stages",
+        },
+        Case {
+            what: "two stages without a namespace (both the release's)",
+            edit: |v| remove(v, "/spec/stages/0/namespace"),
+            path: "spec.stages",
+        },
+        // Queries: something to run.
+        Case {
+            what: "metric with a whitespace-only query",
+            edit: |v| {
+                let mut m = metric("e");
+                m["query"] = json!(" \n\t ");
+                set(v, "/spec/analysis", analysis(json!([m])));
+            },
+            path: "spec.analysis.metrics[0].query",
+        },
+        Case {
+            what: "metric with an empty sampleQuery",
+            edit: |v| {
+                let mut m = metric("e");
+                m["sampleQuery"] = json!("");
+                set(v, "/spec/analysis", analysis(json!([metric("a"), m])));
+            },
+            path: "spec.analysis.metrics[1].sampleQuery",
+        },
+        Case {
+            what: "metric with a whitespace-only sampleQuery",
+            edit: |v| {
+                let mut m = metric("e");
+                m["sampleQuery"] = json!("   ");
+                set(v, "/spec/analysis", analysis(json!([m])));
+            },
+            path: "spec.analysis.metrics[0].sampleQuery",
         },
     ]
 }
@@ -442,6 +611,82 @@ async fn invalid_releases_are_rejected_at_admission_naming_the_field() {
     assert!(wrong.is_empty(), "{} of {} cases wrong:\n{}", wrong.len(), cases.len(), wrong.join("\n"));
 }
 
+/// The API server and the engine agree on durations: what is admitted parses to at most a year;
+/// what is refused is refused naming the field with the rule's own message (never a CEL
+/// evaluation error); and a refused duration of the grammar still parses (saturated), so an
+/// object admitted under older, looser rules never makes a list of releases fail.
+#[tokio::test]
+async fn durations_the_api_server_admits_are_the_ones_the_engine_handles() {
+    let client = client().await;
+    install_crd().await;
+    let ns = namespace(&client, "admission-durations").await;
+    let gvk = GroupVersionKind::gvk("locall.io", "v1alpha1", "LocallRelease");
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ApiResource::from_gvk_with_plural(&gvk, "locallreleases"));
+    const LIMIT: &str = "must be at most 8760h (one year)";
+    const PATTERN: &str = "should match";
+    // (pause, None when admitted, else a fragment of the API server's message)
+    let cases: &[(&str, Option<&str>)] = &[
+        ("0s", None),
+        ("1ms", None),
+        ("999999ms", None),
+        ("999999s", None),
+        ("000001s", None),
+        ("1h1h", None),
+        ("8760h", None),
+        ("525600m", None),
+        ("8759h59m59s999ms", None),
+        ("8760h1ms", Some(LIMIT)),
+        ("8761h", Some(LIMIT)),
+        ("9000h", Some(LIMIT)),
+        ("525601m", Some(LIMIT)),
+        ("999999h", Some(LIMIT)),
+        // The longest admitted by pattern and maxLength: still a valid Go duration.
+        ("999999h999999h99999m", Some(LIMIT)),
+        ("1000000ms", Some(PATTERN)),
+        ("2300000000h", Some(PATTERN)),
+        ("99999999999s", Some(PATTERN)),
+        ("5x", Some(PATTERN)),
+        ("1.5h", Some(PATTERN)),
+        ("30d", Some(PATTERN)),
+        ("1h1h1h1h1h1h1h1h1h1h1h", Some("20")),
+    ];
+    let mut wrong = vec![];
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let mut obj = base();
+        set(&mut obj, "/metadata/name", json!(format!("duration-{i}")));
+        set(&mut obj, "/spec/stages/1/steps/0/pause", json!(text));
+        let field = "spec.stages[1].steps[0].pause";
+        let parsed = text.parse::<Dur>();
+        match (dry_run_create(&api, &obj).await, expected) {
+            (Ok(()), None) => {
+                println!("{text:>24}: admitted, parses to {:?}", parsed);
+                if !parsed.as_ref().is_ok_and(|d| *d <= Dur::LIMIT) {
+                    wrong.push(format!("{text}: admitted, but the engine parses it to {parsed:?}"));
+                }
+            }
+            (Ok(()), Some(why)) => wrong.push(format!("{text}: admitted, expected a rejection saying {why:?}")),
+            (Err(s), expected) => {
+                println!("{text:>24}: {} {}", s.code, s.message);
+                match expected {
+                    None => wrong.push(format!("{text}: refused: {}", s.message)),
+                    Some(why) if s.code != 422 || !s.message.contains(field) || !s.message.contains(why) => {
+                        wrong.push(format!("{text}: expected 422 naming {field} and saying {why:?}, got {}: {}", s.code, s.message))
+                    }
+                    Some(_) if s.message.contains("evaluating rule") => {
+                        wrong.push(format!("{text}: a CEL evaluation error: {}", s.message))
+                    }
+                    Some(_) => {}
+                }
+                let grammar = text.bytes().all(|b| b.is_ascii_digit() || b"mhs".contains(&b)) && text.ends_with(['s', 'm', 'h']);
+                if grammar && parsed.is_err() {
+                    wrong.push(format!("{text}: refused at admission, but one admitted earlier would not parse: {parsed:?}"));
+                }
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "{} of {} durations wrong:\n{}", wrong.len(), cases.len(), wrong.join("\n"));
+}
+
 /// The same rejection through `kubectl apply`, as a user sees it.
 #[tokio::test]
 async fn kubectl_apply_shows_the_field_path() {
@@ -470,9 +715,23 @@ async fn optional_lists_may_be_omitted() {
     let gvk = GroupVersionKind::gvk("locall.io", "v1alpha1", "LocallRelease");
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ApiResource::from_gvk_with_plural(&gvk, "locallreleases"));
     let mut refused = vec![];
-    let variants: [(&str, Edit); 2] = [
+    let variants: [(&str, Edit); 4] = [
         ("a stage without steps", |v| remove(v, "/spec/stages/0/steps")),
         ("hooks without preDeploy", |v| remove(v, "/spec/hooks/preDeploy")),
+        // The lists and durations with rules of their own, at their limits.
+        ("analysis, go-live windows, rollback verify and notifications", |v| {
+            let mut m = metric("error-rate");
+            m["sampleQuery"] = json!("sum(increase(requests[1m]))");
+            m["interval"] = json!("1s");
+            set(v, "/spec/analysis", json!({"interval": "1s", "metrics": [m, metric("latency-p95")]}));
+            set(v, "/spec/goLive", json!({"windows": [window("0-15m", "1s", "1s"), window("15m-2h", "8760h", "8760h")]}));
+            set(v, "/spec/rollback", json!({"verify": [{"name": "smoke", "timeout": "8760h"}, {"name": "smoke-2"}]}));
+            set(v, "/spec/notifications", json!([notification("eng"), notification("biz")]));
+        }),
+        // One stage in the release's namespace, explicitly (only the engine can tell).
+        ("a single stage with a namespace", |v| {
+            set(v, "/spec/stages", json!([{"name": "production", "namespace": "admission", "steps": [{"weight": 100}]}]))
+        }),
     ];
     for (i, (what, edit)) in variants.into_iter().enumerate() {
         let mut obj = base();

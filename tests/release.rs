@@ -233,7 +233,7 @@ async fn an_on_demand_rollback_puts_traffic_back_and_restores_the_database() {
     let lr = wait_phase(&client, &ns, Phase::RolledBack, 60).await;
     let st = lr.status.unwrap();
     let f = st.failure.unwrap();
-    assert_eq!(f.reason, "ManualRollback");
+    assert_eq!(f.reason, locall_operator::api::FailureReason::ManualRollback);
     assert!(f.message.contains("oncall@locall.io"), "{}", f.message);
     assert!(f.database_restored_at.is_some(), "the migration changed the schema: restored");
     let w = candidate_route_weights(&client, &ns).await.unwrap();

@@ -117,7 +117,7 @@ async fn a_bad_release_is_rolled_back_with_its_database_and_the_story_is_told() 
     assert_eq!(restore_jobs(&client, &ns).await, 1);
     let f = st.failure.clone().unwrap();
     assert!(f.database_restored_at.is_some() && f.traffic_restored_at.is_some());
-    assert_eq!(st.backup_id.as_deref(), Some(format!("locall-api-{}-backup", st.revision).as_str()));
+    assert_eq!(st.backup_id.as_deref(), Some(format!("locall-api-{}-{}-backup", st.revision, st.sequence).as_str()));
     // The investigation: which metric, where, which values, when.
     let m = f.metric.clone().expect("breaching metric recorded");
     assert_eq!(m.metric, "error-rate");

@@ -1,23 +1,33 @@
 //! Metric gates, go-live windows, rollback verification and notifications: the checklist's
 //! "Success criteria" and "Rollback plan".
 
-use super::{duration::Dur, spec::HookJob};
+use super::{
+    duration::{at_least, Dur},
+    spec::{HookJob, NAME_PATTERN},
+};
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
+
+/// The shortest measurement interval: the analysis's, a metric's, a go-live window's.
+pub const MIN_INTERVAL: Dur = Dur::from_secs(1);
+/// The shortest go-live window.
+pub const MIN_WINDOW: Dur = Dur::from_secs(1);
 
 /// Metric gates evaluated from Prometheus.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = at_least("interval", MIN_INTERVAL))]
 pub struct Analysis {
     /// Prometheus base URL; defaults to the operator's `--prometheus-url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub prometheus: Option<String>,
-    /// How often each metric is measured, unless the metric says otherwise.
+    /// How often each metric is measured, unless the metric says otherwise (at least 1s).
     #[serde(default = "default_interval")]
     pub interval: Dur,
-    /// The metrics. Placeholders in queries: `{{namespace}}` (the stage namespace), `{{service}}`
-    /// (the release name), `{{version}}` (the version measured), `{{stage}}`.
+    /// The metrics, names unique. Placeholders in queries: `{{namespace}}` (the stage namespace),
+    /// `{{service}}` (the release name), `{{version}}` (the version measured), `{{stage}}`.
     #[schemars(length(min = 1, max = 30))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub metrics: Vec<Metric>,
     /// Report verdicts without acting on them: never hold, never roll back.
     #[serde(default)]
@@ -32,9 +42,12 @@ fn default_interval() -> Dur {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.success) || has(self.rollback)").message("a metric needs a success criterion, a rollback trigger, or both"))]
+#[x_kube(validation = Rule::new(r"self.query.matches('\\S')").message("must not be empty or whitespace only").field_path(".query"))]
+#[x_kube(validation = Rule::new(r"!has(self.sampleQuery) || self.sampleQuery.matches('\\S')").message("must not be empty or whitespace only").field_path(".sampleQuery"))]
+#[x_kube(validation = at_least("interval", MIN_INTERVAL))]
 pub struct Metric {
-    /// Short name, unique among the metrics.
-    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"))]
+    /// Short name, unique among the metrics: lowercase words joined by single hyphens.
+    #[schemars(length(min = 1, max = 40), regex(pattern = NAME_PATTERN))]
     pub name: String,
     /// PromQL returning one number (the first sample of a vector is used).
     #[schemars(length(min = 1, max = 4000))]
@@ -52,6 +65,7 @@ pub struct Metric {
     /// PromQL for the sample size (e.g. request count over the window); below `minSample` the
     /// measurement counts as no data.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4000))]
     pub sample_query: Option<String>,
     /// Minimum sample before judging.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -63,7 +77,7 @@ pub struct Metric {
     /// What an unreachable Prometheus or a query error means (same choices, default Hold).
     #[serde(default)]
     pub on_error: Policy,
-    /// Overrides the analysis interval for this metric.
+    /// Overrides the analysis interval for this metric (at least 1s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<Dur>,
     /// Who cares about this metric in notifications: technical or business.
@@ -129,23 +143,26 @@ pub enum Audience {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GoLive {
-    /// The windows, in order. Empty means the checklist's: 0-15m every 1m, 15m-2h every 5m,
-    /// 2h-24h every 15m.
+    /// The windows, in order, names unique. Empty means the checklist's: 0-15m every 1m, 15m-2h
+    /// every 5m, 2h-24h every 15m.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub windows: Vec<Window>,
 }
 
 /// One go-live window.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = at_least("duration", MIN_WINDOW))]
+#[x_kube(validation = at_least("interval", MIN_INTERVAL))]
 pub struct Window {
-    /// Its name, e.g. `0-15m`.
+    /// Its name, e.g. `0-15m`, unique among the windows.
     #[schemars(length(min = 1, max = 40))]
     pub name: String,
-    /// How long it lasts.
+    /// How long it lasts (at least 1s).
     pub duration: Dur,
-    /// How often metrics are measured in it.
+    /// How often metrics are measured in it (at least 1s).
     pub interval: Dur,
 }
 
@@ -165,9 +182,10 @@ impl GoLive {
 #[serde(rename_all = "camelCase")]
 pub struct RollbackPlan {
     /// Jobs that verify the restored version, run in order after traffic (and the database)
-    /// are back. The metric gates are evaluated on the restored version too.
+    /// are back, names unique. The metric gates are evaluated on the restored version too.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub verify: Vec<HookJob>,
 }
 
@@ -175,7 +193,7 @@ pub struct RollbackPlan {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Notification {
-    /// Name of this target.
+    /// Name of this target, unique among the notifications.
     #[schemars(length(min = 1, max = 40))]
     pub name: String,
     /// Payload format.

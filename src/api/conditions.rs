@@ -67,9 +67,10 @@ pub fn upsert(
     }
 }
 
-/// Converts to the API's time type.
+/// Converts to the API's time type, in whole seconds: what the API server stores (RFC 3339
+/// without fractions), so a condition read back equals the one written and causes no write.
 pub fn to_time(t: DateTime<Utc>) -> Time {
-    Time(k8s_openapi::jiff::Timestamp::from_millisecond(t.timestamp_millis()).unwrap_or_default())
+    Time(k8s_openapi::jiff::Timestamp::from_second(t.timestamp()).unwrap_or_default())
 }
 
 /// Sets (or replaces) one condition in a list, keeping the transition time when status is unchanged.

@@ -262,7 +262,8 @@ mod tests {
     fn keeps_validation() {
         let yaml = crd_yaml();
         assert!(yaml.contains("x-kubernetes-validations"));
-        assert!(yaml.contains("stage names must be unique"));
+        assert!(yaml.contains("two stages must not share a namespace"));
+        assert!(yaml.contains("x-kubernetes-list-map-keys"));
         let s = schema();
         let spec = &s["properties"]["spec"];
         // Every CEL rule of ours is still there (stage names, steps, traffic, hooks).

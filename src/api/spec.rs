@@ -11,6 +11,10 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+/// Names that become part of Job names (stages, Jobs) or of metric keys: lowercase words joined
+/// by single hyphens. Never `--`, so `--` separates them unambiguously in a Job name.
+pub const NAME_PATTERN: &str = r"^[a-z0-9]+(-[a-z0-9]+)*$";
+
 /// A Locall application and the release of its current version: pre-deployment checks and Jobs,
 /// then each stage (staging, then production) with verification, optional approval and progressive
 /// traffic. Changing `version` or `template` starts a new release; the last good version stays
@@ -34,7 +38,9 @@ use std::collections::BTreeMap;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.stages.all(s, self.stages.exists_one(t, t.name == s.name))").message("stages: stage names must be unique").field_path(".stages"))]
+// `namespace` is a CEL reserved word: the API server's CEL spells the property `__namespace__`.
+#[x_kube(validation = Rule::new("self.stages.all(s, !has(s.__namespace__) || self.stages.exists_one(t, has(t.__namespace__) && t.__namespace__ == s.__namespace__))").message("stages: two stages must not share a namespace").field_path(".stages"))]
+#[x_kube(validation = Rule::new("self.stages.filter(s, !has(s.__namespace__)).size() <= 1").message("stages: at most one stage may omit namespace (each would use the release's namespace)").field_path(".stages"))]
 #[x_kube(validation = Rule::new("self.traffic.method != 'GatewayAPI' || has(self.traffic.gateway)").message("traffic.gateway is required when traffic.method is GatewayAPI").field_path(".traffic.gateway"))]
 #[x_kube(validation = Rule::new("!has(self.approvals) || self.approvals.all(a, self.stages.exists(s, s.name == a.stage))").message("approvals: every approval must name a stage of this release").field_path(".approvals"))]
 #[x_kube(validation = Rule::new("self.traffic.method != 'ReplicaRatio' || !has(self.traffic.gateway)").message("traffic.gateway must not be set when traffic.method is ReplicaRatio").field_path(".traffic.gateway"))]
@@ -66,7 +72,9 @@ pub struct LocallReleaseSpec {
     pub hooks: Option<Hooks>,
 
     /// Ordered stages, e.g. staging then production. Each must finish before the next starts.
+    /// Names unique; each stage in its own namespace.
     #[schemars(length(min = 1, max = 10))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub stages: Vec<Stage>,
 
     /// How traffic moves to the new version.
@@ -87,9 +95,10 @@ pub struct LocallReleaseSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback: Option<RollbackPlan>,
 
-    /// Webhooks told about RolledBack, Failed, AwaitingApproval and Succeeded.
+    /// Webhooks told about RolledBack, Failed, AwaitingApproval and Succeeded. Names unique.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub notifications: Vec<Notification>,
 
     /// Approvals granted in git (GitOps): each names the stage and the version it approves.
@@ -139,6 +148,7 @@ pub struct Preflight {
     pub config_maps: Vec<ObjectKeys>,
     /// TLS Secrets (type kubernetes.io/tls) whose certificate must stay valid at least `minValidity`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
     pub tls: Vec<TlsCheck>,
 }
 
@@ -168,19 +178,19 @@ pub struct TlsCheck {
 /// Jobs run around the deployment.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.preDeploy) || self.preDeploy.all(j, self.preDeploy.exists_one(k, k.name == j.name))").message("hooks.preDeploy: Job names must be unique").field_path(".preDeploy"))]
-#[x_kube(validation = Rule::new("!has(self.postDeploy) || self.postDeploy.all(j, self.postDeploy.exists_one(k, k.name == j.name))").message("hooks.postDeploy: Job names must be unique").field_path(".postDeploy"))]
 pub struct Hooks {
-    /// Run in order before the migration: tests, cache clear, ...
+    /// Run in order before the migration: tests, cache clear, ... Names unique.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub pre_deploy: Vec<HookJob>,
     /// The database migration, with the backup taken before it and the restore a rollback uses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<Migration>,
-    /// Run in order once production is at 100%: enabling alerts, ...
+    /// Run in order once production is at 100%: enabling alerts, ... Names unique.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub post_deploy: Vec<HookJob>,
 }
 
@@ -206,8 +216,8 @@ pub struct Migration {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HookJob {
-    /// Short name, unique in its list; part of the Job's name.
-    #[schemars(length(min = 1, max = 20), regex(pattern = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"))]
+    /// Short name, unique in its list; part of the Job's name: lowercase words joined by single hyphens.
+    #[schemars(length(min = 1, max = 20), regex(pattern = NAME_PATTERN))]
     pub name: String,
     /// What the Job runs.
     #[serde(flatten)]
@@ -250,12 +260,13 @@ pub struct JobTemplate {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.steps) || self.steps.size() == 0 || self.steps[self.steps.size() - 1].weight == 100").message("the last step's weight must be 100").field_path(".steps"))]
 #[x_kube(validation = Rule::new("!has(self.steps) || self.steps.size() < 2 || self.steps.all(s, self.steps.filter(t, t.weight == s.weight).size() == 1)").message("step weights must not repeat").field_path(".steps"))]
-#[x_kube(validation = Rule::new("!has(self.verify) || self.verify.all(j, self.verify.exists_one(k, k.name == j.name))").message("verify Job names must be unique").field_path(".verify"))]
 pub struct Stage {
-    /// Stage name, unique in the release: staging, production, ...
-    #[schemars(length(min = 1, max = 20), regex(pattern = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"))]
+    /// Stage name, unique in the release: staging, production, ... Lowercase words joined by
+    /// single hyphens (part of Job names).
+    #[schemars(length(min = 1, max = 20), regex(pattern = NAME_PATTERN))]
     pub name: String,
-    /// Namespace the stage's Deployments, Service and HTTPRoute live in (defaults to the release's).
+    /// Namespace the stage's Deployments, Service and HTTPRoute live in (defaults to the
+    /// release's). No two stages share one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"))]
     pub namespace: Option<String>,
@@ -267,9 +278,10 @@ pub struct Stage {
     #[serde(default)]
     pub approval: bool,
     /// Jobs that verify the stage once the new version is deployed there (e.g. the e2e suite),
-    /// run in order before traffic moves.
+    /// run in order before traffic moves. Names unique.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 10))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub verify: Vec<HookJob>,
     /// Traffic steps: the new version's share and how long to hold it. Empty means 100% at once.
     /// Weights must increase and the last must be 100.

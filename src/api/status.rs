@@ -39,9 +39,10 @@ pub struct LocallReleaseStatus {
     /// Percentage of the current stage's traffic on the candidate.
     #[serde(default)]
     pub weight: i32,
-    /// How many stages (from the first) the candidate has been deployed to.
-    #[serde(default)]
-    pub candidate_stages: u32,
+    /// Every stage the candidate was deployed to, in order, with the namespace it used then:
+    /// what a rollback must take back, whatever the spec says now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reached: Vec<StageRef>,
     /// When the candidate became Ready in the current stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage_ready_at: Option<DateTime<Utc>>,
@@ -60,9 +61,21 @@ pub struct LocallReleaseStatus {
     /// Approvals recorded for this release.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approvals: Vec<ApprovalRecord>,
-    /// The id of the backup taken before this release's migration.
+    /// The id of the backup taken before this release's migration (this attempt's own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_id: Option<String>,
+    /// The database side of the rollback plan, captured when this attempt's backup started:
+    /// a later spec edit cannot change what a rollback of this attempt restores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabasePlan>,
+    /// What the release is waiting for now, since when and until when (absent once it ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<Wait>,
+    /// Number of the release attempt in progress or last finished: 1 for the first release of
+    /// this object, one more for every new version, revert or retry. Job names and the backup
+    /// id derive from it, so no attempt ever adopts another attempt's Jobs or backup.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub sequence: u64,
     /// What happened when the release failed or rolled back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
@@ -102,6 +115,50 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
+fn is_zero64(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A stage the candidate was deployed to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StageRef {
+    /// The stage's name.
+    pub name: String,
+    /// The namespace the candidate was deployed to in that stage.
+    pub namespace: String,
+    /// Replicas there.
+    pub replicas: i32,
+}
+
+/// The database part of a rollback plan.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabasePlan {
+    /// Whether the migration changes the schema (a rollback after it restores the backup).
+    pub changes_schema: bool,
+    /// The restore Job, as the spec said when the backup was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<crate::api::JobTemplate>,
+    /// Set once this attempt's migration succeeded.
+    #[serde(default)]
+    pub migrated: bool,
+}
+
+/// What the release waits for.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Wait {
+    /// What is awaited, e.g. `Deployment prod/api-1a2b3c4d Ready`, `traffic 25% in production`.
+    pub awaiting: String,
+    /// When this wait began: every deadline runs from here.
+    pub since: DateTime<Utc>,
+    /// When the wait ends: the end of a pause or window, or the deadline after which the
+    /// release fails. Absent when it has no end (an approval, metric gates holding on no data).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+}
+
 /// An imperative request read from the `locall.io/request` annotation.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct Request {
@@ -109,6 +166,46 @@ pub struct Request {
     pub id: String,
     #[serde(default)]
     pub by: String,
+}
+
+/// Why a release failed.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum FailureReason {
+    /// The spec cannot be carried out (a field is named in the message).
+    #[default]
+    InvalidSpec,
+    /// A preflight check failed.
+    PreflightFailed,
+    /// A Job failed or disappeared.
+    JobFailed,
+    /// The candidate's Deployment was not Ready in time.
+    DeploymentNotReady,
+    /// The router did not reach a step's weight in time.
+    TrafficNotShifted,
+    /// A metric gate's rollback trigger breached.
+    MetricBreached,
+    /// A rollback or abort was requested.
+    ManualRollback,
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::InvalidSpec => "InvalidSpec",
+            FailureReason::PreflightFailed => "PreflightFailed",
+            FailureReason::JobFailed => "JobFailed",
+            FailureReason::DeploymentNotReady => "DeploymentNotReady",
+            FailureReason::TrafficNotShifted => "TrafficNotShifted",
+            FailureReason::MetricBreached => "MetricBreached",
+            FailureReason::ManualRollback => "ManualRollback",
+        }
+    }
+}
+
+impl std::fmt::Display for FailureReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The release's phase.
@@ -171,6 +268,11 @@ pub struct StableVersion {
     pub version: String,
     /// Its revision (names its Deployments).
     pub revision: String,
+    /// The namespaces it runs in (the stages it was released to). A stage added later has no
+    /// stable version to shift from or roll back to. Empty (a status from before this field):
+    /// every stage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<String>,
 }
 
 /// The outcome of one preflight check.
@@ -254,7 +356,7 @@ pub struct ApprovalRecord {
 #[serde(rename_all = "camelCase")]
 pub struct Failure {
     /// Short machine-readable reason, e.g. `JobFailed`, `PreflightFailed`.
-    pub reason: String,
+    pub reason: FailureReason,
     /// What failed, in words.
     pub message: String,
     /// The stage it failed in, if any.

@@ -3,7 +3,7 @@
 
 use super::{build, Context, Error};
 use crate::{
-    api::{LocallRelease, Phase},
+    api::LocallRelease,
     engine::{names, Decision},
     traffic::{Router, MANAGER},
 };
@@ -15,7 +15,15 @@ use kube::{
 use std::collections::BTreeSet;
 
 /// Applies a decision's Jobs, Deployments and traffic. Returns the number of traffic writes.
+///
+/// The order keeps every request served: Deployments are created or grown first, then traffic
+/// moves, then what lost its traffic shrinks, and a Deployment is deleted only once its stage's
+/// router, read back, no longer sends it anything.
 pub async fn act(ctx: &Context, lr: &LocallRelease, d: &Decision, router: Router) -> Result<u32, Error> {
+    if d.desired.frozen {
+        // The spec cannot be carried out as it stands: nothing is written until it is fixed.
+        return Ok(0);
+    }
     // Jobs first: their names are deterministic, so a Job that already exists is simply adopted.
     for j in &d.jobs {
         let api: Api<Job> = Api::namespaced(ctx.client.clone(), &j.record.namespace);
@@ -27,15 +35,10 @@ pub async fn act(ctx: &Context, lr: &LocallRelease, d: &Decision, router: Router
             Err(e) => return Err(Error::Act("create Job", e)),
         };
     }
-    let rolling_back = matches!(d.status.phase, Phase::RollingBack);
-    let mut traffic_writes = 0;
-    if rolling_back {
-        traffic_writes += apply_traffic(ctx, lr, d, router).await?;
-    }
-    apply_deployments(ctx, lr, d).await?;
-    if !rolling_back {
-        traffic_writes += apply_traffic(ctx, lr, d, router).await?;
-    }
+    apply_deployments(ctx, lr, d, Resize::Grow).await?;
+    let traffic_writes = apply_traffic(ctx, lr, d, router).await?;
+    apply_deployments(ctx, lr, d, Resize::Shrink).await?;
+    remove_stale_deployments(ctx, lr, d, router).await?;
     if d.status.phase.is_terminal() && lr.status.as_ref().map(|s| s.phase) != Some(d.status.phase) {
         remove_stale_services(ctx, lr, d).await?;
     }
@@ -73,19 +76,33 @@ async fn apply_traffic(ctx: &Context, lr: &LocallRelease, d: &Decision, router: 
     Ok(writes)
 }
 
-async fn apply_deployments(ctx: &Context, lr: &LocallRelease, d: &Decision) -> Result<(), Error> {
+/// Which Deployment changes a pass makes: before traffic moves (create, grow, new template) or
+/// after (shrink).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Resize {
+    Grow,
+    Shrink,
+}
+
+async fn apply_deployments(ctx: &Context, lr: &LocallRelease, d: &Decision, pass: Resize) -> Result<(), Error> {
     let release = lr.name_any();
     let observed = super::observe::deployments(&ctx.deployments, lr);
-    let mut wanted = BTreeSet::new();
     for stage in &d.desired.stages {
         let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &stage.namespace);
         for dep in &stage.deployments {
             let name = names::deployment(&release, &dep.revision);
-            wanted.insert((stage.namespace.clone(), name.clone()));
-            let current =
-                ctx.deployments.state().into_iter().find(|x| x.name_any() == name && x.namespace().as_deref() == Some(&stage.namespace));
+            let seen = observed.get(&(stage.namespace.clone(), name.clone()));
+            let shrinks = seen.is_some_and(|o| dep.replicas < o.replicas);
+            if shrinks != (pass == Resize::Shrink) {
+                continue;
+            }
             if dep.from_spec {
                 let (obj, hash) = build::stamp(build::deployment(lr, stage, dep));
+                let current = ctx
+                    .deployments
+                    .state()
+                    .into_iter()
+                    .find(|x| x.name_any() == name && x.namespace().as_deref() == Some(&stage.namespace));
                 if current.as_ref().is_some_and(|c| c.annotations().get(build::APPLIED_HASH) == Some(&hash)) {
                     continue;
                 }
@@ -96,7 +113,7 @@ async fn apply_deployments(ctx: &Context, lr: &LocallRelease, d: &Decision) -> R
                     .await
                     .map_err(|e| Error::Act("apply Deployment", e))?;
                 ctx.metrics.writes.inc();
-            } else if observed.get(&(stage.namespace.clone(), name.clone())).is_some_and(|o| o.replicas != dep.replicas) {
+            } else if seen.is_some_and(|o| o.replicas != dep.replicas) {
                 // An older version's Deployment: its template is not in the spec any more, so
                 // only its size is managed.
                 let patch = serde_json::json!({"spec": {"replicas": dep.replicas}});
@@ -105,18 +122,44 @@ async fn apply_deployments(ctx: &Context, lr: &LocallRelease, d: &Decision) -> R
             }
         }
     }
-    // Anything else of this release goes: superseded candidates, the old stable after success.
+    Ok(())
+}
+
+/// Deletes what the release no longer wants (a superseded candidate, the old stable after a
+/// success), each only once the router of its namespace, read back, routes nothing to it.
+async fn remove_stale_deployments(ctx: &Context, lr: &LocallRelease, d: &Decision, router: Router) -> Result<(), Error> {
+    let release = lr.name_any();
+    let observed = super::observe::deployments(&ctx.deployments, lr);
+    let wanted: BTreeSet<(String, String)> = d
+        .desired
+        .stages
+        .iter()
+        .flat_map(|s| s.deployments.iter().map(|dep| (s.namespace.clone(), names::deployment(&release, &dep.revision))))
+        .collect();
     for (ns, name) in observed.keys() {
-        if !wanted.contains(&(ns.clone(), name.clone())) {
-            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-            let dp = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
-            match api.delete(name, &dp).await {
-                Ok(_) => {
-                    ctx.metrics.writes.inc();
-                }
-                Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(e) => return Err(Error::Act("delete Deployment", e)),
+        if wanted.contains(&(ns.clone(), name.clone())) {
+            continue;
+        }
+        let revision = ctx
+            .deployments
+            .state()
+            .into_iter()
+            .find(|x| &x.name_any() == name && x.namespace().as_deref() == Some(ns))
+            .and_then(|x| x.labels().get(crate::api::labels::REVISION).cloned());
+        if let Some(rev) = revision {
+            if router.routes_to(&ctx.client, lr, ns, &rev).await.map_err(|e| Error::Act("read back traffic", e))? {
+                // Still routed to (a write not yet made or not yet visible): deleted on a later pass.
+                continue;
             }
+        }
+        let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+        let dp = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
+        match api.delete(name, &dp).await {
+            Ok(_) => {
+                ctx.metrics.writes.inc();
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(Error::Act("delete Deployment", e)),
         }
     }
     Ok(())

@@ -70,6 +70,10 @@ pub enum Error {
     Status(#[source] kube::Error),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// The engine panicked on this release: a bug, reported and retried with backoff, and
+    /// contained to this one release (the others go on being reconciled).
+    #[error("engine: {0}")]
+    Engine(String),
 }
 
 impl Error {
@@ -216,6 +220,9 @@ fn owner_of<K: Resource>(child: K) -> Option<ObjectRef<LocallRelease>> {
 }
 
 fn error_policy(_lr: Arc<LocallRelease>, err: &Error, _ctx: Arc<Context>) -> Action {
+    if matches!(err, Error::Engine(_)) {
+        return Action::requeue(Duration::from_secs(60));
+    }
     if err.is_conflict() {
         // Usually our own previous write, not yet seen by the watch: it arrives within ms.
         Action::requeue(Duration::from_millis(50))
@@ -278,7 +285,12 @@ async fn reconcile_release(lr: &LocallRelease, ctx: &Context) -> Result<Action, 
             spec: &lr.spec,
             status: &status,
         };
-        decision = engine::decide(r, &obs, Utc::now());
+        // `decide` is total (the model-based tests hold it to that); should it ever panic, the
+        // panic stays with this release instead of taking the operator down for every tenant.
+        decision = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine::decide(r, &obs, Utc::now()))).map_err(|p| {
+            let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+            Error::Engine(format!("panicked: {what}"))
+        })?;
         let traffic_writes = act::act(ctx, lr, &decision, router).await?;
         events.append(&mut decision.events);
         notify.append(&mut decision.notify);
@@ -331,7 +343,11 @@ async fn observe(ctx: &Context, lr: &LocallRelease, status: &LocallReleaseStatus
         annotation_errors,
         ..Default::default()
     };
-    let revision = names::revision(&lr.spec);
+    // The candidate the engine will consider: the spec's, unless a rollback under way must
+    // finish first (then the one in status).
+    let spec_revision = names::revision(&lr.spec);
+    let rolling_back = status.phase == Phase::RollingBack;
+    let revision = if rolling_back { status.revision.clone() } else { spec_revision.clone() };
     let new_release = status.revision != revision;
     if new_release || matches!(status.phase, Phase::Pending | Phase::PreDeploy) {
         obs.preflight = Some(preflight::run(&ctx.client, lr, Utc::now()).await.map_err(|e| Error::Observe("preflight", e))?);
@@ -339,12 +355,20 @@ async fn observe(ctx: &Context, lr: &LocallRelease, status: &LocallReleaseStatus
     if !status.phase.is_terminal() || new_release {
         let ns = lr.namespace().unwrap_or_default();
         let stable = status.stable.as_ref().map(|s| s.revision.clone()).filter(|s| *s != revision);
-        for i in 0..lr.spec.stages.len() {
+        // Every stage namespace of the spec, and those the candidate reached that it no longer lists.
+        let mut stages: Vec<(String, String)> =
+            (0..lr.spec.stages.len()).map(|i| (lr.spec.stages[i].name.clone(), lr.spec.stage_namespace(i, &ns).to_string())).collect();
+        for s in &status.reached {
+            if !stages.iter().any(|(_, n)| *n == s.namespace) {
+                stages.push((s.name.clone(), s.namespace.clone()));
+            }
+        }
+        for (i, (name, namespace)) in stages.into_iter().enumerate() {
             let stage = StageDesired {
                 index: i,
-                name: lr.spec.stages[i].name.clone(),
-                namespace: lr.spec.stage_namespace(i, &ns).to_string(),
-                replicas: lr.spec.stage_replicas(i),
+                name,
+                namespace,
+                replicas: 0,
                 deployments: vec![],
                 traffic: Some(TrafficTarget {
                     stable: stable.clone(),

@@ -50,34 +50,49 @@ pub fn render(query: &str, t: &Target) -> String {
         .replace("{{stage}}", &t.stage)
 }
 
+/// Where a stage of the release lives: where the candidate went, if it did, else the spec's
+/// namespace for it; `None` for a stage neither knows.
+pub fn stage_namespace(r: &Release<'_>, st: &LocallReleaseStatus, stage: &str) -> Option<String> {
+    if let Some(s) = st.reached.iter().find(|s| s.name == stage) {
+        return Some(s.namespace.clone());
+    }
+    let i = r.spec.stages.iter().position(|s| s.name == stage)?;
+    Some(r.spec.stage_namespace(i, r.namespace).to_string())
+}
+
 /// What the gates watch in the release's current state, if anything.
 pub fn target(r: &Release<'_>, st: &LocallReleaseStatus) -> Option<Target> {
     let analysis = r.spec.analysis.as_ref()?;
-    let last = r.spec.stages.len().checked_sub(1)?;
-    let ns = |i: usize| r.spec.stage_namespace(i.min(last), r.namespace).to_string();
-    let stage_name = |i: usize| r.spec.stages[i.min(last)].name.clone();
-    let mk = |i: usize, version: &str, interval: Duration| Target {
-        namespace: ns(i),
-        service: names::entry_service(r.name),
-        version: version.to_string(),
-        stage: stage_name(i),
-        interval,
+    let mk = |stage: &str, version: &str, interval: Duration| {
+        Some(Target {
+            namespace: stage_namespace(r, st, stage)?,
+            service: names::entry_service(r.name),
+            version: version.to_string(),
+            stage: stage.to_string(),
+            interval,
+        })
     };
     match st.phase {
-        Phase::Staging | Phase::Production if st.step_started_at.is_some() => {
-            Some(mk(st.stage_index as usize, &st.candidate_version, analysis.interval.get()))
-        }
+        Phase::Staging | Phase::Production if st.step_started_at.is_some() => mk(&st.stage, &st.candidate_version, analysis.interval.get()),
         Phase::GoLive => {
             let windows = r.spec.go_live.clone().unwrap_or_default().effective();
-            let w = windows.get(st.window_index as usize)?;
-            Some(mk(last, &st.candidate_version, w.interval.get()))
+            // Past the last window (the spec lost windows meanwhile): the last one's interval.
+            let w = windows.get(st.window_index as usize).or(windows.last())?;
+            mk(&st.stage, &st.candidate_version, w.interval.get())
         }
         Phase::RollingBack => {
             let f = st.failure.as_ref()?;
             f.traffic_restored_at?;
             let stable = st.stable.as_ref().filter(|s| s.revision != st.revision)?;
-            let i = r.spec.stages.iter().position(|s| s.name == f.stage).unwrap_or(last);
-            Some(mk(i, &stable.version, analysis.interval.get()))
+            // Where it failed; else the last stage it reached, else the spec's last stage.
+            let stage = if !f.stage.is_empty() {
+                f.stage.clone()
+            } else if let Some(s) = st.reached.last() {
+                s.name.clone()
+            } else {
+                r.spec.stages.last()?.name.clone()
+            };
+            mk(&stage, &stable.version, analysis.interval.get())
         }
         _ => None,
     }
@@ -123,12 +138,14 @@ pub fn verdict(m: &Metric, x: &Measurement) -> (Verdict, String) {
     if let Some(e) = &x.error {
         return by_policy(m.on_error, Verdict::Error, format!("query failed: {e}"));
     }
-    if let (Some(min), Some(sample)) = (m.min_sample, x.sample) {
+    // NaN or infinity (0/0 and friends) is no sample at all.
+    let sample = x.sample.filter(|v| v.is_finite());
+    if let (Some(min), Some(sample)) = (m.min_sample, sample) {
         if sample < min {
             return by_policy(m.no_data, Verdict::NoData, format!("sample {sample} below the minimum {min}"));
         }
     }
-    if m.min_sample.is_some() && m.sample_query.is_some() && x.sample.is_none() {
+    if m.min_sample.is_some() && m.sample_query.is_some() && sample.is_none() {
         return by_policy(m.no_data, Verdict::NoData, "no sample".into());
     }
     let Some(v) = x.value.filter(|v| v.is_finite()) else {
@@ -167,8 +184,11 @@ pub fn fold(metrics: &[Metric], gates: &mut Vec<GateStatus>, t: &Target, measure
         };
         match v {
             Verdict::Fail => {
-                breaches += 1;
-                values.push(x.value.unwrap_or(f64::NAN));
+                breaches = breaches.saturating_add(1);
+                // A breach on no data (noData: Fail) has no value to show: JSON has no NaN.
+                if let Some(v) = x.value.filter(|v| v.is_finite()) {
+                    values.push(v);
+                }
                 first.get_or_insert(now);
             }
             Verdict::Pass | Verdict::Inconclusive => {
@@ -183,7 +203,7 @@ pub fn fold(metrics: &[Metric], gates: &mut Vec<GateStatus>, t: &Target, measure
             metric: m.name.clone(),
             target: t.key(),
             value: x.value.filter(|v| v.is_finite()),
-            sample: x.sample,
+            sample: x.sample.filter(|v| v.is_finite()),
             verdict: v,
             message,
             measured_at: now,
@@ -213,7 +233,7 @@ pub fn outcome(metrics: &[Metric], gates: &[GateStatus], t: &Target, since: Opti
     let mut holding = vec![];
     for (i, m) in metrics.iter().enumerate() {
         match gates.iter().find(|g| g.metric == m.name && g.target == t.key()) {
-            Some(g) if g.breaches >= m.consecutive => return Outcome::Breach(g.clone()),
+            Some(g) if g.breaches >= m.consecutive.max(1) => return Outcome::Breach(g.clone()),
             Some(g) if since.is_some_and(|s| g.measured_at < s) => holding.push(format!("{}: not measured yet", m.name)),
             Some(g) if g.verdict == Verdict::Pass => {}
             // The query itself may be what is wrong (a typo, a metric nobody exports): name it.

@@ -86,6 +86,9 @@ pub struct Decision {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Desired {
     pub stages: Vec<StageDesired>,
+    /// The spec cannot be carried out as it stands: write nothing to the children until it is
+    /// fixed (the status says why, naming the field).
+    pub frozen: bool,
 }
 
 /// One stage's Deployments and traffic.
@@ -147,6 +150,20 @@ pub const PROGRESS_DEADLINE: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 /// How long a created Job may stay invisible before it counts as missing.
 pub const JOB_MISSING_AFTER: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
+/// `now + d`, saturating at the end of representable time: a pause of a thousand years waits,
+/// it does not overflow.
 pub(crate) fn now_plus(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    now + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+    machine::add_std(now, d)
+}
+
+#[cfg(test)]
+mod time_tests {
+    use chrono::{DateTime, Utc};
+
+    #[test]
+    fn time_arithmetic_saturates_instead_of_panicking() {
+        let now = Utc::now();
+        assert_eq!(super::now_plus(now, std::time::Duration::MAX), DateTime::<Utc>::MAX_UTC);
+        assert_eq!(super::now_plus(DateTime::<Utc>::MAX_UTC, std::time::Duration::from_secs(1)), DateTime::<Utc>::MAX_UTC);
+    }
 }

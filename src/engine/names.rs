@@ -49,8 +49,42 @@ pub fn entry_service(release: &str) -> String {
 }
 
 /// A Job of this release. Job names become a pod label, hence at most 63 characters.
-pub fn job(release: &str, revision: &str, suffix: &str) -> String {
-    label(&[release, revision, suffix], 63)
+/// `attempt` is `<revision>-<sequence>`: every release attempt (a new version, a revert, a
+/// retry) has Jobs of its own.
+pub fn job(release: &str, attempt: &str, suffix: &str) -> String {
+    label(&[release, attempt, suffix], 63)
+}
+
+/// The attempt part of Job names and backup ids.
+pub fn attempt(revision: &str, sequence: u64) -> String {
+    format!("{revision}-{sequence}")
+}
+
+/// What a Job is for: its suffix in the Job name. Each kind has its own first word, and stage
+/// and hook names cannot contain `--` (admission refuses it), so two slots never share a name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot<'a> {
+    PreDeploy(&'a str),
+    Backup,
+    Migrate,
+    Verify { stage: &'a str, name: &'a str },
+    PostDeploy(&'a str),
+    Restore,
+    RollbackVerify(&'a str),
+}
+
+impl Slot<'_> {
+    pub fn suffix(&self) -> String {
+        match self {
+            Slot::PreDeploy(n) => format!("pre-{n}"),
+            Slot::Backup => "backup".into(),
+            Slot::Migrate => "migrate".into(),
+            Slot::Verify { stage, name } => format!("verify-{stage}--{name}"),
+            Slot::PostDeploy(n) => format!("post-{n}"),
+            Slot::Restore => "restore".into(),
+            Slot::RollbackVerify(n) => format!("rollback-{n}"),
+        }
+    }
 }
 
 /// The value of the `locall.io/release` label on every child: `<namespace>.<name>`.
@@ -69,11 +103,24 @@ mod tests {
 
     #[test]
     fn names_are_stable_and_bounded() {
-        assert_eq!(job("locall-api", "0a1b2c3d", "migrate"), "locall-api-0a1b2c3d-migrate");
+        assert_eq!(job("locall-api", "0a1b2c3d-1", "migrate"), "locall-api-0a1b2c3d-1-migrate");
         let long = "x".repeat(80);
         let n = job(&long, "0a1b2c3d", "verify-e2e");
         assert!(n.len() <= 63, "{n}");
         assert_eq!(n, job(&long, "0a1b2c3d", "verify-e2e"));
         assert_ne!(n, job(&long, "0a1b2c3d", "verify-e2f"));
+    }
+
+    #[test]
+    fn a_stage_named_rollback_does_not_share_job_names_with_the_rollback_plan() {
+        let stage = Slot::Verify { stage: "rollback", name: "smoke" }.suffix();
+        let plan = Slot::RollbackVerify("smoke").suffix();
+        assert_ne!(job("api", "abcd-1", &stage), job("api", "abcd-1", &plan));
+        // A stage "a-b" with Job "c" and a stage "a" with Job "b-c".
+        let x = Slot::Verify { stage: "a-b", name: "c" }.suffix();
+        let y = Slot::Verify { stage: "a", name: "b-c" }.suffix();
+        assert_ne!(x, y);
+        // A pre-deploy hook named like a stage verification.
+        assert_ne!(Slot::PreDeploy("verify-x").suffix(), Slot::Verify { stage: "x", name: "y" }.suffix());
     }
 }

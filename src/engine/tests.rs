@@ -499,7 +499,7 @@ fn on_demand_rollback_pause_resume_promote_and_retry() {
     request(&mut w, "rollback", "4");
     run(&mut w, &s, &mut st, &mut now, 20);
     assert_eq!(st.phase, Phase::RolledBack);
-    assert_eq!(st.failure.as_ref().unwrap().reason, "ManualRollback");
+    assert_eq!(st.failure.as_ref().unwrap().reason, FailureReason::ManualRollback);
     assert!(st.failure.as_ref().unwrap().message.contains("alice"));
     assert_eq!(w.weights["prod"].last(), Some(&0));
     // Retry runs the same version again, with fresh Job names.

@@ -101,6 +101,26 @@ pub enum Command {
         #[arg(long)]
         by: Option<String>,
     },
+    /// Run the operator's engine on a manifest in simulated time, against an in-memory healthy
+    /// cluster, and print the timeline: each Job, stage, step and window with its offset from
+    /// the start, and the total time to Succeeded. Needs no cluster.
+    Plan {
+        /// The manifest (its LocallRelease documents are planned; other kinds are skipped).
+        #[arg(short = 'f', long)]
+        filename: PathBuf,
+        /// Plan the very first release (by default a previous version is serving).
+        #[arg(long)]
+        first: bool,
+        /// Make it fail: job:NAME, step:STAGE:N (metrics breach at that step) or window:NAME.
+        #[arg(long)]
+        fail_at: Option<crate::plan::FailAt>,
+        /// How long each Job runs in the simulation.
+        #[arg(long, default_value = "1m")]
+        job_duration: Dur,
+        /// How long a Deployment takes to become Ready in the simulation.
+        #[arg(long, default_value = "30s")]
+        ready_after: Dur,
+    },
 }
 
 /// A failure with the exit code it should give.
@@ -163,7 +183,38 @@ fn who(by: Option<String>, t: &Target) -> String {
     by.filter(|b| !b.trim().is_empty()).unwrap_or_else(|| actions::default_by(std::env::var("USER").ok(), t.user.clone()))
 }
 
+/// `plan`: every LocallRelease in the file, one timeline each. Exit 0 when all end Succeeded
+/// (or, with --fail-at, RolledBack or Failed as asked), 1 otherwise.
+fn plan_file(path: &std::path::Path, opts: &crate::plan::Options) -> Result<i32, Exit> {
+    use serde::Deserialize;
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow!("reading {}: {e}", path.display()))?;
+    let mut code = 0;
+    let mut found = 0;
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v = serde_yaml::Value::deserialize(doc).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+        if v.get("kind").and_then(|k| k.as_str()) != Some("LocallRelease") {
+            continue;
+        }
+        found += 1;
+        let lr: LocallRelease = serde_yaml::from_value(v).map_err(|e| anyhow!("{}: not a valid LocallRelease: {e}", path.display()))?;
+        let t = crate::plan::plan(&lr, opts)?;
+        print!("{}", crate::plan::render(&t));
+        let expected = if opts.fail.is_some() { t.end.is_terminal() } else { t.end == crate::api::Phase::Succeeded };
+        if !expected {
+            code = 1;
+        }
+    }
+    if found == 0 {
+        return Err(Exit(1, anyhow!("{}: no LocallRelease in the file", path.display())));
+    }
+    Ok(code)
+}
+
 async fn run(cli: Cli) -> Result<i32, Exit> {
+    if let Command::Plan { ref filename, first, ref fail_at, ref job_duration, ref ready_after } = cli.command {
+        let opts = crate::plan::Options { first, fail: fail_at.clone(), job_duration: job_duration.get(), ready_after: ready_after.get() };
+        return plan_file(filename, &opts);
+    }
     let status_cmd = matches!(cli.command, Command::Status { .. });
     let t = connect(&cli).await.map_err(|e| Exit(if status_cmd { 2 } else { 1 }, e))?;
     let ns = t.namespace.clone();
@@ -226,6 +277,7 @@ async fn run(cli: Cli) -> Result<i32, Exit> {
         Command::Pause { ref name, ref by } => request(&api, &t, &ns, name, Action::Pause, by.clone()).await,
         Command::Resume { ref name, ref by } => request(&api, &t, &ns, name, Action::Resume, by.clone()).await,
         Command::Rollback { ref name, ref by } => request(&api, &t, &ns, name, Action::Rollback, by.clone()).await,
+        Command::Plan { .. } => Ok(0),
     }
 }
 

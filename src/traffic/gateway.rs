@@ -99,6 +99,26 @@ pub async fn observe(client: &Client, lr: &LocallRelease, stage: &StageDesired) 
     Ok(Some(candidate_share(&route.data, candidate.as_deref())))
 }
 
+/// Whether the stage's HTTPRoute has a backend with weight on the revision's Service.
+pub async fn routes_to(client: &Client, lr: &LocallRelease, namespace: &str, revision: &str) -> Result<bool, kube::Error> {
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &httproute_resource());
+    let Some(route) = api.get_opt(&names::entry_service(&lr.name_any())).await? else { return Ok(false) };
+    Ok(weight_on(&route.data, &names::revision_service(&lr.name_any(), revision)) > 0)
+}
+
+/// The total weight of a route's backends naming `service` (pure).
+pub fn weight_on(route: &serde_json::Value, service: &str) -> i64 {
+    let mut w = 0;
+    for rule in route["spec"]["rules"].as_array().into_iter().flatten() {
+        for b in rule["backendRefs"].as_array().into_iter().flatten() {
+            if b["name"].as_str() == Some(service) {
+                w += b["weight"].as_i64().unwrap_or(1).max(0);
+            }
+        }
+    }
+    w
+}
+
 /// round(100 * candidate weight / total weight) over the route's backends (pure).
 pub fn candidate_share(route: &serde_json::Value, candidate: Option<&str>) -> i32 {
     let mut total = 0i64;
@@ -164,5 +184,7 @@ spec:
         assert_eq!(candidate_share(&r, Some("api-c2")), 25);
         assert_eq!(candidate_share(&route(&lr, &stage(Some("s1"), None, 0)), Some("api-c2")), 0);
         assert_eq!(candidate_share(&route(&lr, &stage(None, Some("c2"), 100)), Some("api-c2")), 100);
+        assert_eq!(weight_on(&r, "api-c2"), 25);
+        assert_eq!(weight_on(&route(&lr, &stage(Some("s1"), None, 0)), "api-c2"), 0, "a superseded candidate has no weight left");
     }
 }

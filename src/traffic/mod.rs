@@ -59,6 +59,17 @@ impl Router {
     }
 }
 
+impl Router {
+    /// Whether the stage router in `namespace`, read from the API server, still sends any
+    /// traffic to `revision`: a Deployment is deleted only once this says no.
+    pub async fn routes_to(self, client: &Client, lr: &LocallRelease, namespace: &str, revision: &str) -> Result<bool, kube::Error> {
+        match self {
+            Router::Gateway => gateway::routes_to(client, lr, namespace, revision).await,
+            Router::ReplicaRatio => replicas::routes_to(client, lr, namespace, revision).await,
+        }
+    }
+}
+
 /// Watch caches of the metadata of the Services and HTTPRoutes the operator applied: what
 /// content hash each carries, so an unchanged object costs no request at all.
 #[derive(Clone, Default)]

@@ -43,6 +43,15 @@ pub async fn observe(client: &Client, lr: &LocallRelease, stage: &StageDesired, 
     Ok(Some(share(&lr.name_any(), stage, &sel, obs)))
 }
 
+/// Whether the stage's Service selects the revision's pods: unpinned (both versions), or pinned
+/// to it.
+pub async fn routes_to(client: &Client, lr: &LocallRelease, namespace: &str, revision: &str) -> Result<bool, kube::Error> {
+    let api: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let Some(svc) = api.get_opt(&names::entry_service(&lr.name_any())).await? else { return Ok(false) };
+    let sel = svc.spec.and_then(|s| s.selector).unwrap_or_default();
+    Ok(sel.get(labels::REVISION).is_none_or(|r| r == revision))
+}
+
 /// The candidate's share for a selector and the observed Ready replicas (pure).
 pub fn share(release: &str, stage: &StageDesired, sel: &BTreeMap<String, String>, obs: &Observed) -> i32 {
     let Some(t) = &stage.traffic else { return 0 };

@@ -1,0 +1,252 @@
+//! Stages: approval, deployment at full size, verification Jobs, then the traffic steps.
+//! A stage is found by its name in the spec, never by a stored index: stages may be added,
+//! removed or reordered while a release runs.
+
+use super::{add_std, until, Flow, Tick};
+use crate::api::{ApprovalRecord, FailureReason, JobKind, Phase, StageRef};
+use crate::engine::{names, names::Slot, traffic, POLL, PROGRESS_DEADLINE};
+use std::time::Duration;
+
+impl Tick<'_> {
+    /// Index in the spec of the stage in progress.
+    pub(super) fn current_stage(&self) -> Option<usize> {
+        self.r.spec.stages.iter().position(|s| s.name == self.st.stage)
+    }
+
+    /// The namespace of spec stage `i`: where the candidate went, if it did, else the spec's.
+    pub(super) fn stage_namespace(&self, i: usize) -> String {
+        let name = &self.r.spec.stages[i].name;
+        match self.st.reached.iter().find(|s| &s.name == name) {
+            Some(s) => s.namespace.clone(),
+            None => self.r.spec.stage_namespace(i, self.r.namespace).to_string(),
+        }
+    }
+
+    fn stage_phase(&self, i: usize) -> Phase {
+        if i + 1 == self.r.spec.stages.len() {
+            Phase::Production
+        } else {
+            Phase::Staging
+        }
+    }
+
+    pub(super) fn enter_first_stage(&mut self) {
+        if self.r.spec.stages.is_empty() {
+            // Admission requires a stage; an object from before that rule ends here, not in a panic.
+            self.fail(FailureReason::InvalidSpec, "spec.stages: at least one stage is required");
+            return;
+        }
+        self.enter_stage(0);
+    }
+
+    fn enter_stage(&mut self, i: usize) {
+        let stage = &self.r.spec.stages[i];
+        self.st.stage_index = i as u32;
+        self.st.stage = stage.name.clone();
+        self.st.step = 0;
+        self.st.weight = 0;
+        self.st.step_started_at = None;
+        self.st.stage_ready_at = None;
+        self.st.promoted_step = None;
+        if stage.approval && !self.st.approvals.iter().any(|a| a.stage == stage.name) {
+            let msg = format!("stage {} of {} waits for approval", stage.name, self.st.candidate_version);
+            self.set_phase(Phase::AwaitingApproval, msg);
+        } else {
+            let msg = format!("deploying {} to stage {}", self.st.candidate_version, stage.name);
+            self.set_phase(self.stage_phase(i), msg);
+        }
+    }
+
+    pub(super) fn awaiting_approval(&mut self) -> Flow {
+        let Some(i) = self.current_stage() else {
+            let msg = format!("spec.stages: stage {:?}, awaiting approval, is no longer in the spec", self.st.stage);
+            return self.hold_for_spec(msg);
+        };
+        let stage = self.r.spec.stages[i].name.clone();
+        let version = self.st.candidate_version.clone();
+        if !self.r.spec.stages[i].approval {
+            // The approval requirement was lifted meanwhile.
+            self.enter_stage(i);
+            return Flow::Next;
+        }
+        let from_spec = self.r.spec.approvals.iter().find(|a| a.stage == stage && a.version == version).map(|a| (a.by.clone(), "spec"));
+        let from_annotation = || {
+            self.obs.annotation_approval.as_ref().filter(|a| a.stage == stage && a.version == version).map(|a| (a.by.clone(), "annotation"))
+        };
+        let Some((by, source)) = from_spec.or_else(from_annotation) else {
+            self.await_until(&format!("approval of stage {stage} for {version}"), None);
+            return Flow::Wait(None);
+        };
+        self.st.approvals.push(ApprovalRecord { stage: stage.clone(), by: by.clone(), at: self.now, source: source.into() });
+        self.event(false, "Approved", format!("stage {stage} of {version} approved by {by} ({source})"));
+        self.enter_stage(i);
+        Flow::Next
+    }
+
+    pub(super) fn stage(&mut self) -> Flow {
+        let Some(i) = self.current_stage() else {
+            let msg = format!(
+                "spec.stages: stage {:?}, where {} is at {}%, was removed from the spec; put it back, or request a rollback",
+                self.st.stage, self.st.candidate_version, self.st.weight
+            );
+            return self.hold_for_spec(msg);
+        };
+        let stage = self.r.spec.stages[i].clone();
+        let ns = self.stage_namespace(i);
+        let spec_ns = self.r.spec.stage_namespace(i, self.r.namespace).to_string();
+        if ns != spec_ns {
+            let msg = format!(
+                "spec.stages[{i}].namespace: changed from {ns} to {spec_ns} while {} is deployed there; put it back, or request a rollback",
+                self.st.candidate_version
+            );
+            return self.hold_for_spec(msg);
+        }
+        let replicas = self.r.spec.stage_replicas(i);
+        if !self.st.reached.iter().any(|s| s.name == stage.name) {
+            self.st.reached.push(StageRef { name: stage.name.clone(), namespace: ns.clone(), replicas });
+        }
+        let version = self.st.candidate_version.clone();
+
+        // 1. The candidate is deployed at full size and Ready, before verification or traffic.
+        if self.st.stage_ready_at.is_none() {
+            let dep = names::deployment(self.r.name, &self.st.revision);
+            let ready = self
+                .obs
+                .deployments
+                .get(&(ns.clone(), dep.clone()))
+                .is_some_and(|d| d.current && d.ready >= replicas && d.updated >= replicas);
+            if !ready {
+                let on = format!("Deployment {ns}/{dep} Ready ({replicas} replicas)");
+                if self.await_deadline(&on, PROGRESS_DEADLINE) {
+                    let minutes = PROGRESS_DEADLINE.num_minutes();
+                    self.fail(FailureReason::DeploymentNotReady, &format!("Deployment {ns}/{dep} was not Ready within {minutes} minutes"));
+                    return Flow::Next;
+                }
+                self.st.message = format!("waiting for Deployment {ns}/{dep} to be Ready ({replicas} replicas)");
+                return Flow::Wait(Some(POLL));
+            }
+            self.st.stage_ready_at = Some(self.now);
+            self.event(false, "Deployed", format!("{version} Ready in stage {} ({replicas} replicas)", stage.name));
+        }
+        // 2. Verification Jobs, in order.
+        for v in &stage.verify {
+            let slot = Slot::Verify { stage: &stage.name, name: &v.name };
+            if let Some(f) = self.run_job(JobKind::Verify, &v.name, &stage.name, &ns, &v.job, slot) {
+                return f;
+            }
+        }
+        // 3. Traffic steps: reach the weight (verified on the router), then hold it.
+        let weights = self.weights(i, &ns);
+        let step = (self.st.step as usize).min(weights.len() - 1);
+        let (weight, pause) = weights[step];
+        let has_stable = self.stable_in(&ns).is_some();
+        let method = self.r.spec.traffic.method;
+        if weight > self.st.weight {
+            // More traffic only to a candidate that is Ready now (it may have been deleted or
+            // have lost pods since the stage started): as many pods as serve the current weight.
+            let dep = names::deployment(self.r.name, &self.st.revision);
+            let need = traffic::candidate_replicas(method, replicas, self.st.weight, has_stable).max(1);
+            let ready = self.obs.deployments.get(&(ns.clone(), dep.clone())).map_or(0, |d| d.ready);
+            if ready < need {
+                let on = format!("Deployment {ns}/{dep} Ready before traffic rises to {weight}% in stage {}", stage.name);
+                if self.await_deadline(&on, PROGRESS_DEADLINE) {
+                    let minutes = PROGRESS_DEADLINE.num_minutes();
+                    self.fail(
+                        FailureReason::DeploymentNotReady,
+                        &format!("Deployment {ns}/{dep} was not Ready again within {minutes} minutes"),
+                    );
+                    return Flow::Next;
+                }
+                self.st.message =
+                    format!("stage {}: waiting for Deployment {ns}/{dep} to be Ready ({ready}/{need}) before {weight}%", stage.name);
+                return Flow::Wait(Some(POLL));
+            }
+        }
+        self.st.weight = weight;
+        let c = traffic::candidate_replicas(method, replicas, weight, has_stable);
+        let want = traffic::effective_weight(method, replicas, c, weight, has_stable);
+        if self.st.step_started_at.is_none() {
+            let seen = self.obs.traffic.get(&ns).copied();
+            if seen != Some(want) {
+                let on = format!("traffic {want}% on {version} in stage {} (step {}/{})", stage.name, step + 1, weights.len());
+                if self.await_deadline(&on, PROGRESS_DEADLINE) {
+                    let msg = format!("stage {}: traffic did not reach {want}% in time (last seen {seen:?})", stage.name);
+                    self.fail(FailureReason::TrafficNotShifted, &msg);
+                    return Flow::Next;
+                }
+                self.st.message = format!("stage {}: shifting {weight}% of traffic to {version}", stage.name);
+                return Flow::Wait(Some(Duration::from_secs(2)));
+            }
+            self.st.step_started_at = Some(self.now);
+            let msg = format!("stage {}: {want}% of traffic on {version} (step {}/{})", stage.name, step + 1, weights.len());
+            self.event(false, "TrafficShifted", msg);
+        }
+        let since = self.st.step_started_at.unwrap_or(self.now);
+        let context = format!("stage {}, step {}/{} ({weight}%)", stage.name, step + 1, weights.len());
+        let gate = self.gates(&context, Some(since));
+        if let Some(super::golive::GateFlow::Stop(f)) = gate {
+            return f;
+        }
+        let next_measure = self.next_measure();
+        let promoted = self.st.promoted_full || self.st.promoted_step == Some(step as u32);
+        if let Some(p) = pause.filter(|_| !promoted) {
+            let end = add_std(since, p);
+            if self.now < end {
+                self.st.message = format!("stage {}: holding {weight}% until {}", stage.name, end.format("%Y-%m-%d %H:%M:%S"));
+                self.await_until(&format!("pause at {weight}% in stage {} (step {}/{})", stage.name, step + 1, weights.len()), Some(end));
+                let wait = until(self.now, end);
+                return Flow::Wait(Some(next_measure.map_or(wait, |m| m.min(wait))));
+            }
+        }
+        // At the very last step the go-live windows take over the watching, if there are any.
+        let watched_after = i + 1 == self.r.spec.stages.len()
+            && step + 1 == weights.len()
+            && self.r.spec.go_live.as_ref().is_some_and(|g| !g.effective().is_empty());
+        if let (Some(super::golive::GateFlow::Hold(why)), false) = (&gate, watched_after || promoted) {
+            self.st.message = format!("stage {}: holding {weight}%: metric gates not passed ({why})", stage.name);
+            self.reason = "GateHold".into();
+            self.await_until(&format!("metric gates at {weight}% in stage {}", stage.name), None);
+            return Flow::Wait(next_measure.or(Some(POLL)));
+        }
+        if step + 1 < weights.len() {
+            self.st.step = if self.st.promoted_full { weights.len() as u32 - 1 } else { step as u32 + 1 };
+            self.st.promoted_step = None;
+            self.st.step_started_at = None;
+            return Flow::Next;
+        }
+        // The stage is at 100%.
+        if i + 1 < self.r.spec.stages.len() {
+            self.event(false, "StageComplete", format!("stage {} runs {version}", stage.name));
+            self.enter_stage(i + 1);
+            return Flow::Next;
+        }
+        let release_ns = self.r.namespace.to_string();
+        let post = self.r.spec.hooks.as_ref().map(|h| h.post_deploy.clone()).unwrap_or_default();
+        for h in &post {
+            if let Some(f) = self.run_job(JobKind::PostDeploy, &h.name, "", &release_ns, &h.job, Slot::PostDeploy(&h.name)) {
+                return f;
+            }
+        }
+        self.set_phase(Phase::GoLive, format!("{version} serves all production traffic"));
+        Flow::Next
+    }
+
+    /// The stage's steps as (weight, pause). The very first release in a stage has nothing to
+    /// shift from.
+    fn weights(&self, i: usize, ns: &str) -> Vec<(i32, Option<Duration>)> {
+        let stage = &self.r.spec.stages[i];
+        if self.stable_in(ns).is_none() || stage.steps.is_empty() {
+            return vec![(100, None)];
+        }
+        stage.steps.iter().map(|s| (s.weight.clamp(1, 100), s.pause.as_ref().map(|d| d.get()))).collect()
+    }
+
+    /// Whether the verification Jobs of spec stage `i` succeeded (for this attempt).
+    pub(super) fn verify_done(&self, i: usize) -> bool {
+        let stage = &self.r.spec.stages[i];
+        stage.verify.iter().all(|v| {
+            let slot = Slot::Verify { stage: &stage.name, name: &v.name };
+            self.job_succeeded(&names::job(self.r.name, &self.attempt(), &slot.suffix()))
+        })
+    }
+}
