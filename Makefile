@@ -4,7 +4,7 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/locall-operator/cargo-target
 CARGO ?= cargo
 
-.PHONY: all build test unit e2e cluster down crds crds-check demo bench fmt lint clean
+.PHONY: all build test unit e2e cluster down crds crds-check demo bench fuzz fmt lint clean
 
 all: build
 
@@ -43,6 +43,15 @@ bench: build cluster
 
 unit:
 	$(CARGO) test --lib
+
+## The model-based engine suite with a large budget (random specs, faults, edits; no cluster).
+## `make test` runs 1,500 chaotic histories and 200 healthy releases; this runs PROPTEST_CASES
+## (default 20,000) of each and prints the time.
+fuzz:
+	@start=$$(date +%s%N); \
+	PROPTEST_CASES=$${PROPTEST_CASES:-20000} $(CARGO) test --test model -- --test-threads 2 invariants_hold_whatever_happens a_healthy_release_succeeds; \
+	rc=$$?; end=$$(date +%s%N); \
+	echo "$${PROPTEST_CASES:-20000} histories per property in $$(( (end - start) / 1000000 )) ms (build included)"; exit $$rc
 
 fmt:
 	$(CARGO) fmt --all
