@@ -525,11 +525,7 @@ fn run_history(params: &[SpecParams], faults: &Faults, steps: &[Step]) -> Result
         let d = r.tick(request, lose)?;
         lose = false;
         // Time passes: to the engine's next look, or by the step's jump, whichever the step says.
-        let wait = if s.jump_ms == 0 {
-            d.requeue.unwrap_or(Duration::from_secs(60)).max(Duration::from_millis(100))
-        } else {
-            Duration::from_millis(s.jump_ms)
-        };
+        let wait = if s.jump_ms == 0 { next_look(&d) } else { Duration::from_millis(s.jump_ms) };
         let next = r.world.now + chrono::Duration::from_std(wait).unwrap();
         r.world.advance_to(next);
     }
@@ -598,9 +594,7 @@ proptest! {
                 }
                 prop_assert!(ticks < 50_000, "no end after 50000 ticks: {}", r.status.message);
                 if r.status.phase.is_terminal() { break; }
-                let wait = d.requeue.unwrap_or(Duration::from_secs(60)).max(Duration::from_millis(100));
-                let next = r.world.now + chrono::Duration::from_std(wait).unwrap();
-                r.world.advance_to(next);
+                r.world.advance_to(r.world.now + chrono::Duration::from_std(next_look(&d)).unwrap());
             }
             prop_assert_eq!(r.status.phase, Phase::Succeeded, "release {} ended {}: {}", i + 1, r.status.phase, r.status.message);
             if i == 1 {
@@ -626,17 +620,26 @@ fn yaml(s: &str) -> LocallReleaseSpec {
     serde_yaml::from_str(s).unwrap()
 }
 
-/// Drives a spec to the end on a healthy world; returns the run.
-fn settle(r: &mut Run, max: usize) {
+/// Ticks (as the controller would requeue, invariants checked) until `done` holds of the status
+/// or `max` ticks have passed.
+fn drive_until(r: &mut Run, max: usize, done: impl Fn(&LocallReleaseStatus) -> bool) {
     for _ in 0..max {
         let d = r.tick(None, false).expect("invariants hold");
-        if r.status.phase.is_terminal() {
+        if done(&r.status) {
             return;
         }
-        let wait = d.requeue.unwrap_or(Duration::from_secs(60)).max(Duration::from_millis(100));
-        let next = r.world.now + chrono::Duration::from_std(wait).unwrap();
-        r.world.advance_to(next);
+        r.world.advance_to(r.world.now + chrono::Duration::from_std(next_look(&d)).unwrap());
     }
+}
+
+/// Drives the release until it ends (or `max` ticks).
+fn settle(r: &mut Run, max: usize) {
+    drive_until(r, max, |st| st.phase.is_terminal());
+}
+
+/// When the controller would look again after this decision.
+fn next_look(d: &Decision) -> Duration {
+    d.next_look().unwrap_or(Duration::from_secs(60))
 }
 
 fn healthy() -> Faults {
@@ -687,14 +690,7 @@ fn regression_a_long_prometheus_outage_holds_then_resumes() {
     settle(&mut r, 10_000);
     r.spec = 1;
     // Into production at 25%.
-    for _ in 0..10_000 {
-        let d = r.tick(None, false).unwrap();
-        if r.status.phase == Phase::Production && r.status.weight == 25 && r.status.step_started_at.is_some() {
-            break;
-        }
-        let wait = d.requeue.unwrap_or(Duration::from_secs(60)).max(Duration::from_millis(100));
-        r.world.advance_to(r.world.now + chrono::Duration::from_std(wait).unwrap());
-    }
+    drive_until(&mut r, 10_000, |st| st.phase == Phase::Production && st.weight == 25 && st.step_started_at.is_some());
     assert_eq!(r.status.weight, 25);
     *r.metric.lock().unwrap() = Metric::Error;
     let outage_end = r.world.now + chrono::Duration::hours(2);
@@ -738,14 +734,7 @@ fn regression_removing_the_current_stage_holds_naming_the_field() {
     let mut r = Run::new(vec![v1, v2, v2_short], &healthy(), true);
     settle(&mut r, 10_000);
     r.spec = 1;
-    for _ in 0..10_000 {
-        let d = r.tick(None, false).unwrap();
-        if r.status.phase == Phase::Production && r.status.step_started_at.is_some() {
-            break;
-        }
-        let wait = d.requeue.unwrap_or(Duration::from_secs(60)).max(Duration::from_millis(100));
-        r.world.advance_to(r.world.now + chrono::Duration::from_std(wait).unwrap());
-    }
+    drive_until(&mut r, 10_000, |st| st.phase == Phase::Production && st.step_started_at.is_some());
     r.spec = 2;
     let d = r.tick(None, false).unwrap();
     assert!(d.desired.frozen, "nothing is written while the spec conflicts");
@@ -788,14 +777,7 @@ fn regression_a_revert_and_a_retry_take_backups_of_their_own() {
     // git revert: 1.0.0 again.
     r.spec = 2;
     *r.metric.lock().unwrap() = Metric::Pass;
-    for _ in 0..10_000 {
-        let d = r.tick(None, false).unwrap();
-        if r.status.phase == Phase::Production && r.status.weight >= 25 {
-            break;
-        }
-        let wait = d.requeue.unwrap_or(Duration::from_secs(60)).max(Duration::from_millis(100));
-        r.world.advance_to(r.world.now + chrono::Duration::from_std(wait).unwrap());
-    }
+    drive_until(&mut r, 10_000, |st| st.phase == Phase::Production && st.weight >= 25);
     *r.metric.lock().unwrap() = Metric::Breach;
     settle(&mut r, 10_000);
     assert_eq!(r.status.phase, Phase::RolledBack, "{}", r.status.message);
@@ -845,14 +827,7 @@ rollback: {verify: [{name: smoke}]}
     let mut r = Run::new(vec![yaml(spec), yaml(&spec.replace("1.0.0", "2.0.0").replace("api:1", "api:2"))], &healthy(), true);
     settle(&mut r, 10_000);
     r.spec = 1;
-    for _ in 0..1000 {
-        let d = r.tick(None, false).unwrap();
-        if r.status.phase == Phase::Production && r.status.weight == 50 {
-            break;
-        }
-        let wait = d.requeue.unwrap_or(Duration::from_secs(60)).max(Duration::from_millis(100));
-        r.world.advance_to(r.world.now + chrono::Duration::from_std(wait).unwrap());
-    }
+    drive_until(&mut r, 1000, |st| st.phase == Phase::Production && st.weight == 50);
     r.tick(Some("rollback"), false).unwrap();
     settle(&mut r, 1000);
     assert_eq!(r.status.phase, Phase::RolledBack);
@@ -874,14 +849,7 @@ fn regression_superseding_moves_traffic_off_before_deleting() {
     let mut r = Run::new(specs, &Faults { refuse: vec![false, false, true], ..healthy() }, true);
     settle(&mut r, 10_000);
     r.spec = 1;
-    for _ in 0..10_000 {
-        let d = r.tick(None, false).unwrap();
-        if r.status.phase == Phase::Production && r.status.weight == 25 {
-            break;
-        }
-        let wait = d.requeue.unwrap_or(Duration::from_secs(60)).max(Duration::from_millis(100));
-        r.world.advance_to(r.world.now + chrono::Duration::from_std(wait).unwrap());
-    }
+    drive_until(&mut r, 10_000, |st| st.phase == Phase::Production && st.weight == 25);
     let old = r.status.revision.clone();
     r.spec = 2;
     // Every third route write is refused: the old candidate stays as long as a route names it.
@@ -894,8 +862,7 @@ fn regression_superseding_moves_traffic_off_before_deleting() {
         if r.status.phase.is_terminal() {
             break;
         }
-        let wait = d.requeue.unwrap_or(Duration::from_secs(60)).max(Duration::from_millis(100));
-        r.world.advance_to(r.world.now + chrono::Duration::from_std(wait).unwrap());
+        r.world.advance_to(r.world.now + chrono::Duration::from_std(next_look(&d)).unwrap());
     }
     assert_eq!(r.status.phase, Phase::Succeeded);
     assert!(!r.world.has_deployment("prod", &old), "the superseded candidate is removed once unrouted");
@@ -930,14 +897,7 @@ fn regression_a_new_version_during_a_rollback_waits_for_the_restore() {
     let mut r = Run::new(vec![v1, v2, v3], &faults, true);
     settle(&mut r, 10_000);
     r.spec = 1;
-    for _ in 0..10_000 {
-        let d = r.tick(None, false).unwrap();
-        if r.status.phase == Phase::Production && r.status.weight == 5 {
-            break;
-        }
-        let wait = d.requeue.unwrap_or(Duration::from_secs(60)).max(Duration::from_millis(100));
-        r.world.advance_to(r.world.now + chrono::Duration::from_std(wait).unwrap());
-    }
+    drive_until(&mut r, 10_000, |st| st.phase == Phase::Production && st.weight == 5);
     r.tick(Some("rollback"), false).unwrap();
     assert_eq!(r.status.phase, Phase::RollingBack);
     let rolling = r.status.revision.clone();
@@ -995,14 +955,7 @@ fn regression_a_candidate_deleted_by_hand_gets_no_more_traffic_until_it_is_ready
     let mut r = Run::new(vec![v1, v2], &Faults { ready: vec![Some(20), Some(20), Some(20), Some(600)], ..healthy() }, true);
     settle(&mut r, 10_000);
     r.spec = 1;
-    for _ in 0..10_000 {
-        let d = r.tick(None, false).unwrap();
-        if r.status.phase == Phase::Production && r.status.weight == 5 && r.status.step_started_at.is_some() {
-            break;
-        }
-        let wait = d.requeue.unwrap_or(Duration::from_secs(60)).max(Duration::from_millis(100));
-        r.world.advance_to(r.world.now + chrono::Duration::from_std(wait).unwrap());
-    }
+    drive_until(&mut r, 10_000, |st| st.phase == Phase::Production && st.weight == 5 && st.step_started_at.is_some());
     let rev = r.status.revision.clone();
     r.world.delete_deployment("prod", &rev);
     // Past the 10-minute pause: the replacement takes 10 minutes to be Ready; every tick's
@@ -1025,14 +978,7 @@ fn regression_a_metric_added_during_go_live_is_measured_before_success() {
     let mut r = Run::new(vec![v1, v2, v2_more], &healthy(), true);
     settle(&mut r, 10_000);
     r.spec = 1;
-    for _ in 0..10_000 {
-        let d = r.tick(None, false).unwrap();
-        if r.status.phase == Phase::GoLive && r.status.window_index == 2 {
-            break;
-        }
-        let wait = d.requeue.unwrap_or(Duration::from_secs(60)).max(Duration::from_millis(100));
-        r.world.advance_to(r.world.now + chrono::Duration::from_std(wait).unwrap());
-    }
+    drive_until(&mut r, 10_000, |st| st.phase == Phase::GoLive && st.window_index == 2);
     r.spec = 2;
     settle(&mut r, 10_000);
     assert_eq!(r.status.phase, Phase::Succeeded);

@@ -8,7 +8,7 @@ pub mod preflight;
 
 use crate::{
     api::{LocallRelease, LocallReleaseStatus, Phase},
-    engine::{self, names, Observed, Release, StageDesired, TrafficTarget},
+    engine::{self, Observed, Release, StageDesired, TrafficTarget},
     telemetry::Metrics,
     traffic::{Router, MANAGER},
 };
@@ -316,10 +316,9 @@ async fn reconcile_release(lr: &LocallRelease, ctx: &Context) -> Result<Action, 
     if original.phase != status.phase {
         info!(from = %original.phase, to = %status.phase, message = %status.message, "phase changed");
     }
-    Ok(match decision.requeue {
-        Some(d) => Action::requeue(d.max(Duration::from_millis(100))),
-        None if status.phase.is_terminal() => Action::await_change(),
-        None => Action::requeue(Duration::from_secs(60)),
+    Ok(match decision.next_look() {
+        Some(d) => Action::requeue(d),
+        None => Action::await_change(),
     })
 }
 
@@ -343,27 +342,16 @@ async fn observe(ctx: &Context, lr: &LocallRelease, status: &LocallReleaseStatus
         annotation_errors,
         ..Default::default()
     };
-    // The candidate the engine will consider: the spec's, unless a rollback under way must
-    // finish first (then the one in status).
-    let spec_revision = names::revision(&lr.spec);
-    let rolling_back = status.phase == Phase::RollingBack;
-    let revision = if rolling_back { status.revision.clone() } else { spec_revision.clone() };
+    let (name, release_ns) = (lr.name_any(), lr.namespace().unwrap_or_default());
+    let r = Release { name: &name, namespace: &release_ns, generation: lr.metadata.generation, spec: &lr.spec, status };
+    let revision = engine::candidate_revision(&lr.spec, status);
     let new_release = status.revision != revision;
     if new_release || matches!(status.phase, Phase::Pending | Phase::PreDeploy) {
         obs.preflight = Some(preflight::run(&ctx.client, lr, Utc::now()).await.map_err(|e| Error::Observe("preflight", e))?);
     }
     if !status.phase.is_terminal() || new_release {
-        let ns = lr.namespace().unwrap_or_default();
         let stable = status.stable.as_ref().map(|s| s.revision.clone()).filter(|s| *s != revision);
-        // Every stage namespace of the spec, and those the candidate reached that it no longer lists.
-        let mut stages: Vec<(String, String)> =
-            (0..lr.spec.stages.len()).map(|i| (lr.spec.stages[i].name.clone(), lr.spec.stage_namespace(i, &ns).to_string())).collect();
-        for s in &status.reached {
-            if !stages.iter().any(|(_, n)| *n == s.namespace) {
-                stages.push((s.name.clone(), s.namespace.clone()));
-            }
-        }
-        for (i, (name, namespace)) in stages.into_iter().enumerate() {
+        for (i, (name, namespace, _, _)) in engine::stages_in_play(&r).into_iter().enumerate() {
             let stage = StageDesired {
                 index: i,
                 name,
@@ -384,17 +372,10 @@ async fn observe(ctx: &Context, lr: &LocallRelease, status: &LocallReleaseStatus
         }
     }
     // Metric gates: measure what is due for the current target.
-    if let Some(a) = &lr.spec.analysis {
-        let (name, ns) = (lr.name_any(), lr.namespace().unwrap_or_default());
-        let r = Release { name: &name, namespace: &ns, generation: lr.metadata.generation, spec: &lr.spec, status };
-        if let Some(t) = engine::gates::target(&r, status) {
-            let due = engine::gates::due(&a.metrics, &status.gates, &t, Utc::now());
-            if !due.is_empty() {
-                let url = a.prometheus.clone().or_else(|| ctx.prometheus_url.clone()).unwrap_or_default();
-                obs.measurements = crate::metrics::measure(&url, &due).await;
-                obs.measured_target = Some(t.key());
-            }
-        }
+    if let Some((t, due)) = engine::measurements_due(&r, Utc::now()) {
+        let url = lr.spec.analysis.as_ref().and_then(|a| a.prometheus.clone()).or_else(|| ctx.prometheus_url.clone()).unwrap_or_default();
+        obs.measurements = crate::metrics::measure(&url, &due).await;
+        obs.measured_target = Some(t.key());
     }
     Ok(obs)
 }

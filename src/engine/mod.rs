@@ -150,6 +150,58 @@ pub const PROGRESS_DEADLINE: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 /// How long a created Job may stay invisible before it counts as missing.
 pub const JOB_MISSING_AFTER: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
+/// The candidate revision a snapshot is taken for: the spec's, unless a rollback under way must
+/// finish first (then the one in status). `decide` starts a new release on exactly this rule.
+pub fn candidate_revision(spec: &LocallReleaseSpec, status: &LocallReleaseStatus) -> String {
+    if status.phase == crate::api::Phase::RollingBack {
+        status.revision.clone()
+    } else {
+        names::revision(spec)
+    }
+}
+
+/// The stages whose traffic a snapshot reads: every stage of the spec (in the namespace the
+/// candidate went to, if it went), then those the candidate reached that the spec no longer
+/// lists. (name, namespace, replicas, index in the spec).
+pub fn stages_in_play(r: &Release<'_>) -> Vec<(String, String, i32, Option<usize>)> {
+    let spec = r.spec;
+    let mut list: Vec<_> = spec
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let ns = gates::stage_namespace(r, r.status, &s.name).unwrap_or_else(|| spec.stage_namespace(i, r.namespace).to_string());
+            (s.name.clone(), ns, spec.stage_replicas(i), Some(i))
+        })
+        .collect();
+    for s in &r.status.reached {
+        if !spec.stages.iter().any(|x| x.name == s.name) {
+            list.push((s.name.clone(), s.namespace.clone(), s.replicas, None));
+        }
+    }
+    list
+}
+
+/// The measurements due now for what the gates watch: the target and its queries.
+pub fn measurements_due(r: &Release<'_>, now: DateTime<Utc>) -> Option<(gates::Target, Vec<gates::Request>)> {
+    let a = r.spec.analysis.as_ref()?;
+    let t = gates::target(r, r.status)?;
+    let due = gates::due(&a.metrics, &r.status.gates, &t, now);
+    (!due.is_empty()).then_some((t, due))
+}
+
+impl Decision {
+    /// When the controller looks again: at the engine's word (at least 100 ms later), else in
+    /// a minute, or only on a change once the release has ended.
+    pub fn next_look(&self) -> Option<Duration> {
+        match self.requeue {
+            Some(d) => Some(d.max(Duration::from_millis(100))),
+            None if self.status.phase.is_terminal() => None,
+            None => Some(Duration::from_secs(60)),
+        }
+    }
+}
+
 /// `now + d`, saturating at the end of representable time: a pause of a thousand years waits,
 /// it does not overflow.
 pub(crate) fn now_plus(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {

@@ -201,8 +201,8 @@ fn run(
                 status,
             });
         }
-        // As the controller requeues: at the engine's word, at least 100 ms later, else in a minute.
-        let wait = d.requeue.map(|w| w.max(Duration::from_millis(100))).unwrap_or(Duration::from_secs(60));
+        // As the controller requeues.
+        let wait = d.next_look().unwrap_or(Duration::from_secs(60));
         let next = crate::engine::now_plus(world.now, wait);
         if next - start > MAX_TIME {
             return Err(anyhow!("no end after {} days of simulated time: {}", MAX_TIME.num_days(), status.message));

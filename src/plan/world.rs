@@ -150,34 +150,25 @@ impl World {
             preflight: Some(vec![CheckResult { name: "preflight".into(), passed: true, message: "ok".into() }]),
             ..Default::default()
         };
-        let rolling_back = status.phase == Phase::RollingBack;
-        let candidate = if rolling_back { status.revision.clone() } else { names::revision(spec) };
-        let mut namespaces: BTreeSet<String> =
-            (0..spec.stages.len()).map(|i| spec.stage_namespace(i, &self.namespace).to_string()).collect();
-        namespaces.extend(status.reached.iter().map(|s| s.namespace.clone()));
-        for ns in namespaces {
-            if let Some(r) = self.routes.get(&ns) {
-                obs.traffic.insert(ns, r.share(&candidate));
+        let r = Release { name: &self.release, namespace: &self.namespace, generation, spec, status };
+        let candidate = crate::engine::candidate_revision(spec, status);
+        for (_, ns, _, _) in crate::engine::stages_in_play(&r) {
+            if let Some(route) = self.routes.get(&ns) {
+                obs.traffic.insert(ns, route.share(&candidate));
             }
         }
         if self.behaviour.approve && status.phase == Phase::AwaitingApproval {
             obs.annotation_approval =
                 Some(Approval { stage: status.stage.clone(), version: status.candidate_version.clone(), by: "plan".into() });
         }
-        if let Some(a) = &spec.analysis {
-            let r = Release { name: &self.release, namespace: &self.namespace, generation, spec, status };
-            if let Some(t) = gates::target(&r, status) {
-                let due = gates::due(&a.metrics, &status.gates, &t, self.now);
-                if !due.is_empty() {
-                    for q in due {
-                        if let Some(m) = a.metrics.iter().find(|m| m.name == q.metric) {
-                            let x = (self.behaviour.measure)(m, &t, self.now);
-                            obs.measurements.insert(q.metric.clone(), x);
-                        }
-                    }
-                    obs.measured_target = Some(t.key());
+        if let Some((t, due)) = crate::engine::measurements_due(&r, self.now) {
+            let metrics = spec.analysis.as_ref().map(|a| a.metrics.as_slice()).unwrap_or_default();
+            for q in due {
+                if let Some(m) = metrics.iter().find(|m| m.name == q.metric) {
+                    obs.measurements.insert(q.metric.clone(), (self.behaviour.measure)(m, &t, self.now));
                 }
             }
+            obs.measured_target = Some(t.key());
         }
         obs
     }
@@ -330,19 +321,9 @@ impl World {
         self.deployments.remove(&(ns.to_string(), name));
     }
 
-    /// The Deployments there are, by (namespace, name), with their Ready replicas.
-    pub fn deployments(&self) -> BTreeMap<(String, String), i32> {
-        self.deployments.iter().map(|(k, (o, _))| (k.clone(), o.ready)).collect()
-    }
-
     /// Whether a revision's Deployment exists in a namespace.
     pub fn has_deployment(&self, ns: &str, revision: &str) -> bool {
         self.deployments.contains_key(&(ns.to_string(), names::deployment(&self.release, revision)))
-    }
-
-    /// The Jobs there are, by (namespace, name).
-    pub fn jobs(&self) -> BTreeMap<(String, String), JobObs> {
-        self.jobs.iter().map(|(k, (j, _, _))| (k.clone(), j.clone())).collect()
     }
 }
 

@@ -18,16 +18,8 @@ impl Tick<'_> {
         let from_spec = self.spec_is_current();
         let phase = self.st.phase;
         let succeeded = phase == Phase::Succeeded;
-        // Stages of the spec, where the candidate went for those it reached, then the stages it
-        // reached that the spec no longer lists (their traffic is still the release's to manage).
-        let mut list: Vec<(String, String, i32, Option<usize>)> = (0..spec.stages.len())
-            .map(|i| (spec.stages[i].name.clone(), self.stage_namespace(i), spec.stage_replicas(i), Some(i)))
-            .collect();
-        for s in &self.st.reached {
-            if !spec.stages.iter().any(|x| x.name == s.name) {
-                list.push((s.name.clone(), s.namespace.clone(), s.replicas, None));
-            }
-        }
+        // The stages reached but no longer in the spec stay: their traffic is still ours to manage.
+        let list = crate::engine::stages_in_play(&self.current());
         let mut stages = Vec::new();
         for (index, (name, namespace, n, spec_index)) in list.into_iter().enumerate() {
             // After a success, where it was released (a stage added since waits for the next
@@ -43,8 +35,7 @@ impl Tick<'_> {
                 DeploymentDesired { revision: cand_rev.clone(), version: self.st.candidate_version.clone(), replicas: n, from_spec };
             // Never more traffic than now to a candidate with no Ready pod (deleted by hand, or
             // scaled down by a reconcile whose status write was lost): it waits for its pods.
-            let dep = crate::engine::names::deployment(self.r.name, cand_rev);
-            let ready = self.obs.deployments.get(&(namespace.clone(), dep)).map_or(0, |d| d.ready);
+            let ready = self.ready(&namespace, cand_rev);
             let cap = |w: i32| if w > 0 && ready == 0 { w.min(self.obs.traffic.get(&namespace).copied().unwrap_or(0)) } else { w };
             if same {
                 let traffic = TrafficTarget {
@@ -73,10 +64,7 @@ impl Tick<'_> {
             let weight = cap(weight);
             // Nor is traffic moved back to a stable version with no Ready pod (deleted by hand
             // and not back yet): the candidate keeps what it has until the stable can take it.
-            let stable_ready = stable.as_ref().map(|s| {
-                let dep = crate::engine::names::deployment(self.r.name, &s.revision);
-                self.obs.deployments.get(&(namespace.clone(), dep)).map_or(0, |d| d.ready)
-            });
+            let stable_ready = stable.as_ref().map(|s| self.ready(&namespace, &s.revision));
             let weight = match stable_ready {
                 Some(0) if reached => weight.max(self.obs.traffic.get(&namespace).copied().unwrap_or(0)),
                 _ => weight,

@@ -237,6 +237,17 @@ impl<'a> Tick<'a> {
         self.st.stable.as_ref().filter(|s| s.revision != self.st.revision)
     }
 
+    /// The release as this tick has moved it so far (its status is the one being computed).
+    fn current(&self) -> Release<'_> {
+        Release { status: &self.st, ..self.r }
+    }
+
+    /// Ready pods of a revision's Deployment in a namespace, as observed.
+    fn ready(&self, ns: &str, revision: &str) -> i32 {
+        let dep = names::deployment(self.r.name, revision);
+        self.obs.deployments.get(&(ns.to_string(), dep)).map_or(0, |d| d.ready)
+    }
+
     /// The stable version where it runs in namespace `ns` (not a stage added since).
     fn stable_in(&self, ns: &str) -> Option<&StableVersion> {
         self.stable().filter(|s| s.namespaces.is_empty() || s.namespaces.iter().any(|n| n == ns))

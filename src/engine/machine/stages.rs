@@ -4,7 +4,7 @@
 
 use super::{add_std, until, Flow, Tick};
 use crate::api::{ApprovalRecord, FailureReason, JobKind, Phase, StageRef};
-use crate::engine::{names, names::Slot, traffic, POLL, PROGRESS_DEADLINE};
+use crate::engine::{gates, names, names::Slot, traffic, POLL, PROGRESS_DEADLINE};
 use std::time::Duration;
 
 impl Tick<'_> {
@@ -15,11 +15,8 @@ impl Tick<'_> {
 
     /// The namespace of spec stage `i`: where the candidate went, if it did, else the spec's.
     pub(super) fn stage_namespace(&self, i: usize) -> String {
-        let name = &self.r.spec.stages[i].name;
-        match self.st.reached.iter().find(|s| &s.name == name) {
-            Some(s) => s.namespace.clone(),
-            None => self.r.spec.stage_namespace(i, self.r.namespace).to_string(),
-        }
+        gates::stage_namespace(&self.current(), &self.st, &self.r.spec.stages[i].name)
+            .unwrap_or_else(|| self.r.spec.stage_namespace(i, self.r.namespace).to_string())
     }
 
     fn stage_phase(&self, i: usize) -> Phase {
@@ -146,7 +143,7 @@ impl Tick<'_> {
             // have lost pods since the stage started): as many pods as serve the current weight.
             let dep = names::deployment(self.r.name, &self.st.revision);
             let need = traffic::candidate_replicas(method, replicas, self.st.weight, has_stable).max(1);
-            let ready = self.obs.deployments.get(&(ns.clone(), dep.clone())).map_or(0, |d| d.ready);
+            let ready = self.ready(&ns, &self.st.revision);
             if ready < need {
                 let on = format!("Deployment {ns}/{dep} Ready before traffic rises to {weight}% in stage {}", stage.name);
                 if self.await_deadline(&on, PROGRESS_DEADLINE) {
