@@ -377,7 +377,8 @@ impl Run {
         let prev = self.status.clone();
         let d = decide(Release { name: NAME, namespace: NS, generation: Some(1), spec: &spec, status: &prev }, &obs, self.world.now);
         // A refused route write ends the reconcile with an error: its status is not written.
-        let lose = !self.world.apply(&d, spec.traffic.method) || lose;
+        let applied = self.world.apply(&d, spec.traffic.method);
+        let lose = !applied || lose;
         self.trace.push(format!(
             "{} spec#{} {}{}{} -> {} {}% ({}) wait {:?} routes {:?} seen {:?} ready {:?}",
             self.world.now.format("%d %H:%M:%S%.3f"),
@@ -396,7 +397,7 @@ impl Run {
         if self.trace.len() > 25 {
             self.trace.remove(0);
         }
-        let stored = check(&spec, &prev, &d, &self.world, request)
+        let stored = check(&spec, &prev, &d, &self.world, request, applied)
             .map_err(|e| TestCaseError::fail(format!("{e}\nlast ticks:\n{}", self.trace.join("\n"))))?;
         if !lose {
             // What the API server stores and the next reconcile reads.
@@ -408,12 +409,15 @@ impl Run {
 }
 
 /// Checks the invariants of one tick; returns the status as the API server would store it.
+/// `applied`: the decision was carried out (false when a route write was refused and the
+/// reconcile ended with an error: then nothing about the cluster is claimed).
 fn check(
     spec: &LocallReleaseSpec,
     prev: &LocallReleaseStatus,
     d: &Decision,
     w: &World,
     request: Option<&str>,
+    applied: bool,
 ) -> Result<LocallReleaseStatus, TestCaseError> {
     let st = &d.status;
     let ctx = || format!("phase {} -> {}, message {:?}", prev.phase, st.phase, st.message);
@@ -486,7 +490,7 @@ fn check(
         prop_assert!(st.stable.as_ref().is_some_and(|s| s.revision == st.revision));
     }
     // A rollback ends with no traffic on the candidate in every stage it reached.
-    if st.phase == Phase::RolledBack && prev.phase != Phase::RolledBack {
+    if applied && st.phase == Phase::RolledBack && prev.phase != Phase::RolledBack {
         let had_stable = st.stable.as_ref().is_some_and(|s| s.revision != st.revision);
         if had_stable {
             for s in &st.reached {
