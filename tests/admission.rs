@@ -551,6 +551,124 @@ fn cases() -> Vec<Case> {
             },
             path: "spec.analysis.metrics[0].sampleQuery",
         },
+        // Names that become object names or labels (issue 11). The release's own name names its
+        // Services and Deployments (`<name>-<revision>`, DNS-1035, at most 63).
+        Case { what: "release name with a dot", edit: |v| set(v, "/metadata/name", json!("locall.api")), path: "metadata.name" },
+        Case { what: "release name starting with a digit", edit: |v| set(v, "/metadata/name", json!("1api")), path: "metadata.name" },
+        Case { what: "release name of 55 characters", edit: |v| set(v, "/metadata/name", json!("a".repeat(55))), path: "metadata.name" },
+        Case {
+            what: "gateway namespace that is not a DNS label",
+            edit: |v| set(v, "/spec/traffic/gateway/namespace", json!("Gateways_NS")),
+            path: "spec.traffic.gateway.namespace",
+        },
+        Case {
+            what: "gateway name that is not an object name",
+            edit: |v| set(v, "/spec/traffic/gateway/name", json!("locall_gateway")),
+            path: "spec.traffic.gateway.name",
+        },
+        Case {
+            what: "container name with uppercase",
+            edit: |v| set(v, "/spec/template/spec/containers/0/name", json!("API")),
+            path: "spec.template.spec.containers[0].name",
+        },
+        Case {
+            what: "container without an image",
+            edit: |v| {
+                v.pointer_mut("/spec/template/spec/containers").and_then(Value::as_array_mut).unwrap().push(json!({"name": "sidecar"}))
+            },
+            path: "spec.template.spec.containers[1].image",
+        },
+        Case {
+            what: "container with an empty image",
+            edit: |v| set(v, "/spec/template/spec/containers/0/image", json!("")),
+            path: "spec.template.spec.containers[0].image",
+        },
+        Case {
+            what: "init container without an image",
+            edit: |v| set(v, "/spec/template/spec/initContainers", json!([{"name": "init"}])),
+            path: "spec.template.spec.initContainers[0].image",
+        },
+        Case {
+            what: "pod template label key with a space",
+            edit: |v| set(v, "/spec/template/metadata", json!({"labels": {"team name": "core"}})),
+            path: "spec.template.metadata.labels",
+        },
+        Case {
+            what: "pod template label value with a slash",
+            edit: |v| set(v, "/spec/template/metadata", json!({"labels": {"team": "core/api"}})),
+            path: "spec.template.metadata.labels",
+        },
+        Case {
+            what: "pod template annotation key with two slashes",
+            edit: |v| set(v, "/spec/template/metadata", json!({"annotations": {"a/b/c": "x"}})),
+            path: "spec.template.metadata.annotations",
+        },
+        Case {
+            what: "Service annotation key with a space",
+            edit: |v| set(v, "/spec/service/annotations", json!({"sim.locall.io/rps": "10", "bad key": "x"})),
+            path: "spec.service.annotations",
+        },
+        Case {
+            what: "Service annotation key with an uppercase prefix",
+            edit: |v| set(v, "/spec/service/annotations", json!({"Sim.Locall.io/rps": "10"})),
+            path: "spec.service.annotations",
+        },
+        Case {
+            what: "Service annotation name over 63 characters",
+            edit: |v| set(v, "/spec/service/annotations", json!({format!("locall.io/{}", "a".repeat(64)): "x"})),
+            path: "spec.service.annotations",
+        },
+        Case {
+            what: "preDeploy Job pod label key ending in -",
+            edit: |v| set(v, "/spec/hooks/preDeploy/0/podLabels", json!({"team-": "core"})),
+            path: "spec.hooks.preDeploy[0].podLabels",
+        },
+        Case {
+            what: "verify Job pod label value over 63 characters",
+            edit: |v| set(v, "/spec/stages/0/verify/0/podLabels", json!({"team": "a".repeat(64)})),
+            path: "spec.stages[0].verify[0].podLabels",
+        },
+        Case {
+            what: "migration pod annotation key with an empty prefix",
+            edit: |v| set(v, "/spec/hooks/migration/backup/podAnnotations", json!({"/name": "x"})),
+            path: "spec.hooks.migration.backup.podAnnotations",
+        },
+        Case {
+            what: "rollback verify Job pod label key with a space",
+            edit: |v| set(v, "/spec/rollback", json!({"verify": [{"name": "smoke", "podLabels": {"a b": "c"}}]})),
+            path: "spec.rollback.verify[0].podLabels",
+        },
+        Case {
+            what: "postDeploy Job with an empty image",
+            edit: |v| set(v, "/spec/hooks/postDeploy/0/image", json!("")),
+            path: "spec.hooks.postDeploy[0].image",
+        },
+        // URLs the operator calls: they parse, http or https, with a host.
+        Case {
+            what: "Prometheus URL that does not parse",
+            edit: |v| set(v, "/spec/analysis", json!({"prometheus": "prometheus:9090 /", "metrics": [metric("e")]})),
+            path: "spec.analysis.prometheus",
+        },
+        Case {
+            what: "Prometheus URL without a scheme",
+            edit: |v| set(v, "/spec/analysis", json!({"prometheus": "prometheus.monitoring:9090", "metrics": [metric("e")]})),
+            path: "spec.analysis.prometheus",
+        },
+        Case {
+            what: "Prometheus URL with an ftp scheme",
+            edit: |v| set(v, "/spec/analysis", json!({"prometheus": "ftp://prometheus:9090", "metrics": [metric("e")]})),
+            path: "spec.analysis.prometheus",
+        },
+        Case {
+            what: "Prometheus URL without a host",
+            edit: |v| set(v, "/spec/analysis", json!({"prometheus": "http://", "metrics": [metric("e")]})),
+            path: "spec.analysis.prometheus",
+        },
+        Case {
+            what: "empty Prometheus URL",
+            edit: |v| set(v, "/spec/analysis", json!({"prometheus": "", "metrics": [metric("e")]})),
+            path: "spec.analysis.prometheus",
+        },
     ]
 }
 
@@ -685,6 +803,90 @@ async fn durations_the_api_server_admits_are_the_ones_the_engine_handles() {
         }
     }
     assert!(wrong.is_empty(), "{} of {} durations wrong:\n{}", wrong.len(), cases.len(), wrong.join("\n"));
+}
+
+/// The API server and the operator agree on release names and Prometheus URLs: every name
+/// admitted gives Service and Deployment names the API server accepts (DNS-1035, at most 63, the
+/// release's name unabridged), every URL admitted is one the operator's Prometheus client takes,
+/// and what is refused is refused naming the field.
+#[tokio::test]
+async fn names_and_urls_the_api_server_admits_are_the_ones_the_operator_uses() {
+    let client = client().await;
+    install_crd().await;
+    let ns = namespace(&client, "admission-names").await;
+    let gvk = GroupVersionKind::gvk("locall.io", "v1alpha1", "LocallRelease");
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ApiResource::from_gvk_with_plural(&gvk, "locallreleases"));
+    let service_name = regex::Regex::new(r"^[a-z]([-a-z0-9]*[a-z0-9])?$").unwrap();
+    let mut wrong = vec![];
+    let (longest, too_long) = ("a".repeat(54), "a".repeat(55));
+    let names: &[(&str, bool)] = &[
+        ("a", true),
+        ("locall-api", true),
+        ("api-2", true),
+        ("a--b", true),
+        (&longest, true),
+        (&too_long, false),
+        ("2api", false),
+        ("api-", false),
+        ("-api", false),
+        ("locall.api", false),
+        ("locall_api", false),
+        ("Locall", false),
+    ];
+    for (name, admit) in names {
+        let mut obj = base();
+        set(&mut obj, "/metadata/name", json!(name));
+        let deployment = locall_operator::engine::names::deployment(name, "0a1b2c3d");
+        match dry_run_create(&api, &obj).await {
+            Ok(()) if *admit => {
+                if deployment != format!("{name}-0a1b2c3d") || deployment.len() > 63 || !service_name.is_match(&deployment) {
+                    wrong.push(format!("{name:?}: admitted, but its Deployment/Service would be {deployment:?}"));
+                }
+            }
+            Ok(()) => wrong.push(format!("{name:?}: admitted")),
+            Err(s) if *admit => wrong.push(format!("{name:?}: refused: {}", s.message)),
+            Err(s) if s.code != 422 || !s.message.contains("metadata.name must be") => {
+                wrong.push(format!("{name:?}: expected 422 naming metadata.name, got {} {}", s.code, s.message))
+            }
+            Err(_) => {}
+        }
+    }
+    let urls: &[(&str, bool)] = &[
+        ("http://prometheus:9090", true),
+        ("https://prometheus.monitoring.svc:9090/prom", true),
+        ("http://127.0.0.1:19090", true),
+        ("http://[::1]:9090", true),
+        ("HTTP://prometheus", true),
+        ("http://user:pw@prometheus:9090/?a=b", true),
+        ("prometheus:9090", false),
+        ("prometheus.monitoring", false),
+        ("/api/v1", false),
+        ("ftp://prometheus", false),
+        ("http://", false),
+        ("http:///path", false),
+        ("http://prom etheus", false),
+        ("", false),
+    ];
+    for (i, (url, admit)) in urls.iter().enumerate() {
+        let mut obj = base();
+        set(&mut obj, "/metadata/name", json!(format!("url-{i}")));
+        set(&mut obj, "/spec/analysis", json!({"prometheus": url, "metrics": [metric("e")]}));
+        let parsed = prometheus_http_query::Client::try_from(*url);
+        match dry_run_create(&api, &obj).await {
+            Ok(()) if *admit => {
+                if let Err(e) = parsed {
+                    wrong.push(format!("{url:?}: admitted, but the operator's client refuses it: {e}"));
+                }
+            }
+            Ok(()) => wrong.push(format!("{url:?}: admitted")),
+            Err(s) if *admit => wrong.push(format!("{url:?}: refused: {}", s.message)),
+            Err(s) if s.code != 422 || !s.message.contains("spec.analysis.prometheus") => {
+                wrong.push(format!("{url:?}: expected 422 naming spec.analysis.prometheus, got {} {}", s.code, s.message))
+            }
+            Err(s) => println!("{url:>40}: {}", s.message),
+        }
+    }
+    assert!(wrong.is_empty(), "{} wrong:\n{}", wrong.len(), wrong.join("\n"));
 }
 
 /// The same rejection through `kubectl apply`, as a user sees it.

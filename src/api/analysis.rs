@@ -18,8 +18,11 @@ pub const MIN_WINDOW: Dur = Dur::from_secs(1);
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = at_least("interval", MIN_INTERVAL))]
 pub struct Analysis {
-    /// Prometheus base URL; defaults to the operator's `--prometheus-url`.
+    /// Prometheus base URL, http or https with a host; defaults to the operator's
+    /// `--prometheus-url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = crate::api::validation::http_url_rule())]
     pub prometheus: Option<String>,
     /// How often each metric is measured, unless the metric says otherwise (at least 1s).
     #[serde(default = "default_interval")]

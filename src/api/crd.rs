@@ -19,6 +19,12 @@ use serde_json::Value;
 pub fn crd() -> CustomResourceDefinition {
     let mut v = serde_json::to_value(LocallRelease::crd()).expect("CRD serializes");
     for version in v.pointer_mut("/spec/versions").and_then(Value::as_array_mut).into_iter().flatten() {
+        // The root rule on `metadata.name` names the field (`fieldPath`), which the API server
+        // accepts only for a property the schema declares. `name` is one of the two properties
+        // of `metadata` a CRD may declare; its rules stay in the root rule, with its message.
+        if let Some(root) = version.pointer_mut("/schema/openAPIV3Schema/properties").and_then(Value::as_object_mut) {
+            root.insert("metadata".into(), serde_json::json!({"type": "object", "properties": {"name": {"type": "string"}}}));
+        }
         let Some(spec) = version.pointer_mut("/schema/openAPIV3Schema/properties/spec") else { continue };
         if let Some(template) = spec.pointer_mut("/properties/template") {
             // Ours (what the field is for) stays; the upstream ones inside it go.

@@ -6,6 +6,7 @@ pub mod crd;
 pub mod duration;
 pub mod spec;
 pub mod status;
+pub mod validation;
 
 pub use analysis::*;
 pub use duration::Dur;

@@ -5,6 +5,7 @@ use super::{
     analysis::{Analysis, GoLive, Notification, RollbackPlan},
     duration::Dur,
     status::LocallReleaseStatus,
+    validation::{DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN},
 };
 use k8s_openapi::api::core::v1::{EnvVar, PodTemplateSpec};
 use kube::{CustomResource, KubeSchema};
@@ -35,7 +36,10 @@ pub const NAME_PATTERN: &str = r"^[a-z0-9]+(-[a-z0-9]+)*$";
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Weight", type_ = "integer", json_path = ".status.weight"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    // The release's name names its Services and Deployments: a DNS-1035 label of at most 54
+    // characters (see `validation::RELEASE_NAME_MAX`). At the root, where CEL can read it.
+    validation = crate::api::validation::release_name_rule()
 )]
 #[serde(rename_all = "camelCase")]
 // `namespace` is a CEL reserved word: the API server's CEL spells the property `__namespace__`.
@@ -55,7 +59,9 @@ pub struct LocallReleaseSpec {
     pub replicas: i32,
 
     /// The application's pod template. The operator adds its labels
-    /// (`app.kubernetes.io/name`, `app.kubernetes.io/version`, `locall.io/revision`).
+    /// (`app.kubernetes.io/name`, `app.kubernetes.io/version`, `locall.io/revision`). Every
+    /// container (and init container) needs an `image` and a DNS-label name.
+    #[schemars(schema_with = "crate::api::validation::pod_template_schema")]
     pub template: PodTemplateSpec,
 
     /// The Service in front of the application in each stage namespace.
@@ -121,8 +127,9 @@ pub struct ServiceSpec {
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
     /// Annotations put on the Service and the HTTPRoute (for example `sim.locall.io/rps` for the
-    /// local traffic simulator).
+    /// local traffic simulator). Keys are qualified names (`[prefix/]name`); at most 64.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "crate::api::validation::annotations_schema")]
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -230,6 +237,7 @@ pub struct HookJob {
 pub struct JobTemplate {
     /// Container image; defaults to the application's first container image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
     pub image: Option<String>,
     /// Command (entrypoint).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -247,11 +255,14 @@ pub struct JobTemplate {
     /// How long the Job may run before it counts as failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Dur>,
-    /// Labels added to the Job's pods.
+    /// Labels added to the Job's pods: keys qualified names (`[prefix/]name`), values label
+    /// values (at most 63 characters of `[A-Za-z0-9-_.]`, alphanumeric at both ends); at most 64.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "crate::api::validation::labels_schema")]
     pub pod_labels: BTreeMap<String, String>,
-    /// Annotations added to the Job's pods.
+    /// Annotations added to the Job's pods. Keys are qualified names (`[prefix/]name`); at most 64.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "crate::api::validation::annotations_schema")]
     pub pod_annotations: BTreeMap<String, String>,
 }
 
@@ -268,7 +279,7 @@ pub struct Stage {
     /// Namespace the stage's Deployments, Service and HTTPRoute live in (defaults to the
     /// release's). No two stages share one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$"))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
     pub namespace: Option<String>,
     /// Replicas in this stage (defaults to `spec.replicas`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -336,11 +347,12 @@ pub enum TrafficMethod {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayRef {
-    /// Gateway name.
-    #[schemars(length(min = 1, max = 253))]
+    /// Gateway name: an object name (DNS subdomain: lowercase dot-separated DNS labels).
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
     pub name: String,
-    /// Gateway namespace (defaults to each stage's namespace).
+    /// Gateway namespace (defaults to each stage's namespace): a DNS label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
     pub namespace: Option<String>,
 }
 
