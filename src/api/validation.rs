@@ -39,9 +39,12 @@ pub const MAX_METADATA_ENTRIES: u32 = 64;
 
 /// The root rule on `metadata.name` (CEL reads the name at the root, not the namespace).
 pub fn release_name_rule() -> Rule {
+    // Checked when the release is created (a name never changes): a release created before
+    // this rule, with a longer name, keeps being written (status included) after an upgrade.
     Rule::new(format!(
-        "self.metadata.name.size() <= {RELEASE_NAME_MAX} && self.metadata.name.matches('{RELEASE_NAME_PATTERN}')"
+        "oldSelf.hasValue() || (self.metadata.name.size() <= {RELEASE_NAME_MAX} && self.metadata.name.matches('{RELEASE_NAME_PATTERN}'))"
     ))
+    .optional_old_self(true)
     .message(
         format!(
             "metadata.name must be at most {RELEASE_NAME_MAX} characters of lowercase letters, digits and '-', starting with a letter and ending with a letter or digit: it names the release's Services and Deployments (<name>-<revision>)"
