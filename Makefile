@@ -26,6 +26,7 @@ demo:
 ## CRDs are generated from the Rust types; CI fails when the committed file is stale.
 crds:
 	$(CARGO) run --quiet --bin crdgen > crds/locallreleases.yaml
+	cp crds/locallreleases.yaml charts/locall-operator/crds/locallreleases.yaml
 
 crds-check:
 	@$(CARGO) run --quiet --bin crdgen | diff -u crds/locallreleases.yaml - > /dev/null \

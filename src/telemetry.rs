@@ -21,6 +21,12 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabel {
+    pub target: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReleaseLabels {
     pub namespace: String,
     pub name: String,
@@ -45,7 +51,7 @@ pub struct Metrics {
     pub phase: Family<PhaseLabels, Gauge>,
     pub weight: Family<ReleaseLabels, Gauge>,
     pub rollbacks: Family<ReleaseLabels, Counter>,
-    pub notifications: Family<ResultLabel, Counter>,
+    pub notifications: Family<TargetLabel, Counter>,
     pub gate_value: Family<GateLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
@@ -87,7 +93,7 @@ impl Default for Metrics {
         registry.register("locall_release_phase", "1 for each release, labelled with its current phase", m.phase.clone());
         registry.register("locall_release_traffic_weight", "Candidate's traffic share in the current stage", m.weight.clone());
         registry.register("locall_rollbacks", "Automatic rollbacks started", m.rollbacks.clone());
-        registry.register("locall_notifications", "Notification deliveries by result", m.notifications.clone());
+        registry.register("locall_notifications", "Notification delivery attempts by target and result", m.notifications.clone());
         registry.register("locall_gate_value", "Latest measured value of each metric gate", m.gate_value.clone());
         *m.registry.lock().unwrap() = registry;
         m
@@ -132,9 +138,10 @@ impl Metrics {
         self.reconcile_total.get_or_create(&ResultLabel { result: result.into() }).inc();
     }
 
-    pub fn notification(&self, ok: bool) {
+    /// One delivery attempt to a target (`spec.notifications[].name`).
+    pub fn notification(&self, target: &str, ok: bool) {
         let result = if ok { "delivered" } else { "failed" };
-        self.notifications.get_or_create(&ResultLabel { result: result.into() }).inc();
+        self.notifications.get_or_create(&TargetLabel { target: target.into(), result: result.into() }).inc();
     }
 
     /// Updates the per-release gauges after a reconcile.

@@ -58,12 +58,34 @@ async fn a_release_survives_an_api_server_restart() {
         libc::kill(-pid, libc::SIGKILL);
         libc::kill(pid, libc::SIGKILL);
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Down for 20 s, as a control-plane upgrade or a crash loop would keep it: long enough for
+    // client-go-style watch backoff to reach tens of seconds.
+    tokio::time::sleep(Duration::from_secs(20)).await;
     let up = std::process::Command::new(repo().join("tests/cluster/up")).env("LOCALL_CLUSTER_DIR", &cluster().dir).status().unwrap();
     assert!(up.success(), "the API server restarts");
 
     let client = support::client().await;
     let api: Api<LocallRelease> = Api::namespaced(client.clone(), &ns);
+    // How soon the operator acts again: a request made the moment the API server is back is
+    // handled once its watches are back.
+    let back = std::time::Instant::now();
+    let (ok, _, err) = kubectl(&[
+        "-n",
+        &ns,
+        "annotate",
+        "--overwrite",
+        "lr",
+        "locall-api",
+        r#"locall.io/request={"action":"resume","id":"after-restart","by":"test"}"#,
+    ]);
+    assert!(ok, "{err}");
+    wait_for(Duration::from_secs(120), "the request handled after the restart", || async {
+        api.get_opt("locall-api").await.ok()??.status.filter(|s| s.handled_request == "after-restart").map(|_| ())
+    })
+    .await;
+    let took = back.elapsed();
+    println!("reconciling again {:.1} s after the API server was back", took.as_secs_f64());
+    assert!(took < Duration::from_secs(30), "the operator was blind for {took:?} after the API server restart");
     let st = wait_for(Duration::from_secs(180), "2.0.0 Succeeded after the restart", || async {
         api.get_opt("locall-api").await.ok()??.status.filter(|s| s.candidate_version == "2.0.0" && s.phase == Phase::Succeeded)
     })

@@ -152,6 +152,8 @@ fn build(p: &SpecParams) -> LocallReleaseSpec {
             "preDeploy": (0..p.pre_deploy).map(|i| job(format!("pre{i}"))).collect::<Vec<_>>(),
             "postDeploy": (0..p.post_deploy).map(|i| job(format!("post{i}"))).collect::<Vec<_>>(),
         },
+        "notifications": [{"name": "oncall", "format": "Slack", "urlSecret": {"name": "hooks", "key": "url"}},
+                          {"name": "business", "format": "Webhook", "urlSecret": {"name": "hooks", "key": "biz"}, "events": ["Succeeded"]}],
     });
     if let Some(changes) = p.migration {
         spec["hooks"]["migration"] =
@@ -400,8 +402,13 @@ impl Run {
         let stored = check(&spec, &prev, &d, &self.world, request, applied)
             .map_err(|e| TestCaseError::fail(format!("{e}\nlast ticks:\n{}", self.trace.join("\n"))))?;
         if !lose {
-            // What the API server stores and the next reconcile reads.
+            // What the API server stores and the next reconcile reads; what it owes is delivered
+            // after the write (by the controller) and leaves the outbox, unless the receiver is
+            // down (every third reconcile here): then it stays owed.
             self.status = stored;
+            if !self.ticks.is_multiple_of(3) {
+                self.status.outbox.clear();
+            }
         }
         self.world.recorded = Some(self.status.jobs.iter().map(|j| j.job_name.clone()).collect());
         Ok(d)
@@ -446,6 +453,14 @@ fn check(
         let migrated = st.jobs.iter().any(|r| r.job_name == migrate && r.state == JobState::Succeeded);
         prop_assert!(migrated, "restore {} although its attempt's migration did not succeed", j.record.job_name);
     }
+    // Every notification announced is owed, in the same status, to every target that wants
+    // it, each with a key of its own (none lost, none sent twice under one key).
+    let wanted: usize =
+        d.notify.iter().map(|(e, _)| spec.notifications.iter().filter(|n| n.events.is_empty() || n.events.contains(e)).count()).sum();
+    prop_assert_eq!(st.outbox.len(), (prev.outbox.len() + wanted).min(locall_operator::engine::outbox::MAX_OWED), "owed: {:?}", st.outbox);
+    let ids: std::collections::BTreeSet<&str> = st.outbox.iter().map(|o| o.id.as_str()).collect();
+    prop_assert_eq!(ids.len(), st.outbox.len(), "idempotency keys are unique");
+    prop_assert!(st.notices >= prev.notices, "the notice counter never goes back");
     // Weight rises only on passing gates (or promote), after the pause.
     let promoted = prev.promoted_full || st.promoted_full || request.is_some_and(|r| r.starts_with("promote"));
     let same_attempt = prev.sequence == st.sequence && prev.revision == st.revision;

@@ -185,7 +185,7 @@ async fn a_receiver_that_is_down_neither_blocks_the_rollback_nor_loses_the_notif
     // The receiver's port is reserved, then left closed: every delivery fails until it opens.
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/hook");
-    let placeholder = Receiver { url: url.clone(), received: Default::default() };
+    let placeholder = Receiver { url: url.clone(), received: Default::default(), down: Default::default() };
     let (client, ns) = setup("rb-hookdown", &placeholder).await;
     let stages = TWO_STAGES.replace("NS", &ns);
     apply_yaml(&client, &ns, &manifest(&ns, "2.0.0", "", false, &stages, "")).await;

@@ -31,7 +31,9 @@ pub const NAME_PATTERN: &str = r"^[a-z0-9]+(-[a-z0-9]+)*$";
     namespaced,
     status = "LocallReleaseStatus",
     doc = "A Locall application release carried from pre-deployment checks through staging into production.",
-    printcolumn(name = "Version", type_ = "string", json_path = ".spec.version"),
+    // The version the status describes (in flight or last finished), not the spec's: a version
+    // that has not been acted on is never shown as Succeeded.
+    printcolumn(name = "Version", type_ = "string", json_path = ".status.candidateVersion"),
     printcolumn(name = "Stage", type_ = "string", json_path = ".status.stage"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Weight", type_ = "integer", json_path = ".status.weight"),

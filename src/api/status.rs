@@ -9,6 +9,15 @@ use serde::{Deserialize, Serialize};
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct LocallReleaseStatus {
+    /// Notifications owed and not yet delivered, one per target: recorded in the same write as
+    /// the change they announce, so a restart or a receiver that is down loses none; removed once
+    /// delivered or given up (an Event says so).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub outbox: Vec<Owed>,
+    /// How many notifications this release has owed so far: the idempotency key's counter.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub notices: u64,
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -186,6 +195,9 @@ pub enum FailureReason {
     MetricBreached,
     /// A rollback or abort was requested.
     ManualRollback,
+    /// The API server refused a child the spec describes (400/422: e.g. an invalid container
+    /// name or label); the message names the object and the field.
+    ChildRefused,
 }
 
 impl FailureReason {
@@ -198,6 +210,7 @@ impl FailureReason {
             FailureReason::TrafficNotShifted => "TrafficNotShifted",
             FailureReason::MetricBreached => "MetricBreached",
             FailureReason::ManualRollback => "ManualRollback",
+            FailureReason::ChildRefused => "ChildRefused",
         }
     }
 }
@@ -441,4 +454,42 @@ pub struct GateStatus {
     /// When the current run of breaches began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_breach_at: Option<DateTime<Utc>>,
+}
+
+fn is_zero_u64(n: &u64) -> bool {
+    *n == 0
+}
+
+/// A notification owed to one target, with what it announces (as it was when it happened).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Owed {
+    /// Idempotency key, stable across retries and restarts: the CloudEvents `id`, the `id` of
+    /// the JSON payload and the `Idempotency-Key` header (with the release's uid in front).
+    pub id: String,
+    /// The target: `spec.notifications[].name`.
+    pub target: String,
+    /// What happened.
+    pub event: crate::api::NotifyEvent,
+    /// The version it is about.
+    pub version: String,
+    /// The stable version at the time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_version: Option<String>,
+    /// The phase it announces.
+    pub phase: Phase,
+    /// The message at the time.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// When it became owed.
+    pub since: DateTime<Utc>,
+    /// Delivery attempts so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Not before this time (after a failed attempt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt: Option<DateTime<Utc>>,
+    /// Why the last attempt failed (URLs reduced to scheme and host).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_error: String,
 }

@@ -26,6 +26,10 @@ struct Args {
     /// reconciled twice at once).
     #[arg(long, env = "LOCALL_CONCURRENCY", default_value_t = 8)]
     concurrency: u16,
+    /// How long a notification a release owes is retried (with backoff up to a minute) before
+    /// it is given up with a Warning Event, e.g. `6h`.
+    #[arg(long, env = "LOCALL_NOTIFY_RETRY_FOR", default_value = "6h")]
+    notify_retry_for: locall_operator::api::Dur,
     /// Elect a leader through a Lease, so that several replicas are safe: only the holder acts.
     #[arg(long, env = "LOCALL_LEADER_ELECT")]
     leader_elect: bool,
@@ -97,6 +101,7 @@ async fn run() -> anyhow::Result<()> {
         release_selector: Some(args.release_selector.clone()),
         prometheus_url: args.prometheus_url.clone(),
         concurrency: args.concurrency,
+        notify_retry_for: args.notify_retry_for.get(),
     };
 
     if !args.leader_elect {

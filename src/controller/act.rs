@@ -1,7 +1,7 @@
 //! Act: make the children match the engine's desired state. Every write goes through server-side
 //! apply with one field manager, and nothing unchanged is written again.
 
-use super::{build, Context, Error};
+use super::{act_err, build, Context, Error};
 use crate::{
     api::LocallRelease,
     engine::{names, Decision},
@@ -32,7 +32,7 @@ pub async fn act(ctx: &Context, lr: &LocallRelease, d: &Decision, router: Router
                 ctx.metrics.writes.inc();
             }
             Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(Error::Act("create Job", e)),
+            Err(e) => return Err(act_err("create", format!("Job {}/{}", j.record.namespace, j.record.job_name))(e)),
         };
     }
     apply_deployments(ctx, lr, d, Resize::Grow).await?;
@@ -52,14 +52,17 @@ async fn remove_stale_services(ctx: &Context, lr: &LocallRelease, d: &Decision) 
     for stage in &d.desired.stages {
         let keep: BTreeSet<String> = stage.traffic.iter().flat_map(|t| t.stable.iter().chain(t.candidate.iter()).cloned()).collect();
         let api: Api<Service> = Api::namespaced(ctx.client.clone(), &stage.namespace);
-        let list = api.list(&kube::api::ListParams::default().labels(&sel)).await.map_err(|e| Error::Act("list Services", e))?;
+        let list = api
+            .list(&kube::api::ListParams::default().labels(&sel))
+            .await
+            .map_err(act_err("list", format!("Services in {}", stage.namespace)))?;
         for svc in list {
             let Some(rev) = svc.labels().get(crate::api::labels::REVISION) else { continue };
             if !keep.contains(rev) {
                 match api.delete(&svc.name_any(), &DeleteParams::default()).await {
                     Ok(_) => ctx.metrics.writes.inc(),
                     Err(kube::Error::Api(e)) if e.code == 404 => 0,
-                    Err(e) => return Err(Error::Act("delete Service", e)),
+                    Err(e) => return Err(act_err("delete", format!("Service {}/{}", stage.namespace, svc.name_any()))(e)),
                 };
             }
         }
@@ -70,7 +73,7 @@ async fn remove_stale_services(ctx: &Context, lr: &LocallRelease, d: &Decision) 
 async fn apply_traffic(ctx: &Context, lr: &LocallRelease, d: &Decision, router: Router) -> Result<u32, Error> {
     let mut writes = 0;
     for stage in &d.desired.stages {
-        writes += router.apply(&ctx.client, &ctx.applied, lr, stage).await.map_err(|e| Error::Act("route traffic", e))?;
+        writes += router.apply(&ctx.client, &ctx.applied, lr, stage).await?;
     }
     ctx.metrics.writes.inc_by(writes as u64);
     Ok(writes)
@@ -111,13 +114,15 @@ async fn apply_deployments(ctx: &Context, lr: &LocallRelease, d: &Decision, pass
                 body["kind"] = "Deployment".into();
                 api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
                     .await
-                    .map_err(|e| Error::Act("apply Deployment", e))?;
+                    .map_err(act_err("apply", format!("Deployment {}/{name}", stage.namespace)))?;
                 ctx.metrics.writes.inc();
             } else if seen.is_some_and(|o| o.replicas != dep.replicas) {
                 // An older version's Deployment: its template is not in the spec any more, so
                 // only its size is managed.
                 let patch = serde_json::json!({"spec": {"replicas": dep.replicas}});
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(|e| Error::Act("scale Deployment", e))?;
+                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(act_err("scale", format!("Deployment {}/{name}", stage.namespace)))?;
                 ctx.metrics.writes.inc();
             }
         }
@@ -147,7 +152,7 @@ async fn remove_stale_deployments(ctx: &Context, lr: &LocallRelease, d: &Decisio
             .find(|x| &x.name_any() == name && x.namespace().as_deref() == Some(ns))
             .and_then(|x| x.labels().get(crate::api::labels::REVISION).cloned());
         if let Some(rev) = revision {
-            if router.routes_to(&ctx.client, lr, ns, &rev).await.map_err(|e| Error::Act("read back traffic", e))? {
+            if router.routes_to(&ctx.client, lr, ns, &rev).await.map_err(act_err("read back the traffic in namespace", ns.to_string()))? {
                 // Still routed to (a write not yet made or not yet visible): deleted on a later pass.
                 continue;
             }
@@ -159,7 +164,7 @@ async fn remove_stale_deployments(ctx: &Context, lr: &LocallRelease, d: &Decisio
                 ctx.metrics.writes.inc();
             }
             Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(Error::Act("delete Deployment", e)),
+            Err(e) => return Err(act_err("delete", format!("Deployment {ns}/{name}"))(e)),
         }
     }
     Ok(())

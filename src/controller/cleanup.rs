@@ -12,7 +12,7 @@ pub async fn children(client: &Client, lr: &LocallRelease) -> Result<(), super::
     let sel = format!("{}={}", labels::RELEASE, names::release_label(&lr.namespace().unwrap_or_default(), &lr.name_any()));
     let lp = ListParams::default().labels(&sel);
     let dp = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
-    let err = |e| super::Error::Act("cleanup", e);
+    let err = |e| super::act_err("clean up", "the release's children".into())(e);
     for d in Api::<Deployment>::all(client.clone()).list(&lp).await.map_err(err)? {
         let _ = Api::<Deployment>::namespaced(client.clone(), &d.namespace().unwrap_or_default()).delete(&d.name_any(), &dp).await;
     }
@@ -26,7 +26,19 @@ pub async fn children(client: &Client, lr: &LocallRelease) -> Result<(), super::
     if let Ok(list) = routes.list(&lp).await {
         for r in list {
             let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &r.namespace().unwrap_or_default(), &httproute_resource());
-            let _ = api.delete(&r.name_any(), &dp).await;
+            // Rules another team added stay: only the release's own rule goes.
+            let theirs: Vec<&serde_json::Value> = r.data["spec"]["rules"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|rule| !crate::traffic::gateway::is_ours(rule, &lr.name_any()))
+                .collect();
+            if theirs.is_empty() {
+                let _ = api.delete(&r.name_any(), &dp).await;
+            } else {
+                let patch = serde_json::json!({"metadata": {"resourceVersion": r.resource_version()}, "spec": {"rules": theirs}});
+                api.patch(&r.name_any(), &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.map_err(err)?;
+            }
         }
     }
     Ok(())

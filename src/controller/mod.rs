@@ -3,12 +3,13 @@
 pub mod act;
 pub mod build;
 pub mod cleanup;
+pub mod events;
 pub mod observe;
 pub mod preflight;
 
 use crate::{
     api::{LocallRelease, LocallReleaseStatus, Phase},
-    engine::{self, Observed, Release, StageDesired, TrafficTarget},
+    engine::{self, outbox, Observed, Release, StageDesired, TrafficTarget},
     telemetry::Metrics,
     traffic::{Router, MANAGER},
 };
@@ -19,7 +20,6 @@ use kube::{
     api::{Api, Patch, PatchParams},
     runtime::{
         controller::{Action, Controller},
-        events::{Event, EventType, Recorder, Reporter},
         finalizer::{finalizer, Event as Finalizer},
         reflector::{self, ObjectRef, Store},
         watcher, WatchStreamExt,
@@ -37,7 +37,7 @@ pub struct Context {
     pub client: Client,
     pub deployments: Store<Deployment>,
     pub jobs: Store<Job>,
-    pub recorder: Recorder,
+    pub recorder: events::Recorder,
     pub metrics: Arc<Metrics>,
     /// Prometheus for metric gates, unless a release names its own.
     pub prometheus_url: Option<String>,
@@ -46,10 +46,14 @@ pub struct Context {
     /// Releases whose last status write conflicted: their next reconcile reads them from the
     /// API server rather than the watch cache (a hint for freshness, not state).
     pub fresh_read: std::sync::Mutex<std::collections::HashSet<ObjectRef<LocallRelease>>>,
+    /// How long an owed notification is retried before it is given up.
+    pub notify_retry_for: Duration,
+    /// Failed reconciles in a row per release: the retry backoff (a hint, not state).
+    pub failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<LocallRelease>, u32>>,
 }
 
 /// How the operator is configured.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Config {
     /// Only reconcile releases matching this label selector.
     pub release_selector: Option<String>,
@@ -57,6 +61,8 @@ pub struct Config {
     pub prometheus_url: Option<String>,
     /// Releases reconciled at the same time (0: no limit).
     pub concurrency: u16,
+    /// How long an owed notification is retried before it is given up (with an Event).
+    pub notify_retry_for: Duration,
 }
 
 /// Each step of a reconcile fails with its own variant, so an error says where it happened.
@@ -64,8 +70,14 @@ pub struct Config {
 pub enum Error {
     #[error("observe: {0}")]
     Observe(&'static str, #[source] kube::Error),
-    #[error("act ({0}): {1}")]
-    Act(&'static str, #[source] kube::Error),
+    #[error("{what} {object}: {source}")]
+    Act {
+        what: &'static str,
+        /// The object, e.g. `Deployment prod/locall-api-5d8f`.
+        object: String,
+        #[source]
+        source: kube::Error,
+    },
     #[error("write status: {0}")]
     Status(#[source] kube::Error),
     #[error("finalizer: {0}")]
@@ -76,12 +88,71 @@ pub enum Error {
     Engine(String),
 }
 
+/// The release's field behind a child's field the API server refused, where there is one.
+pub fn spec_field(kind: &str, field: &str) -> Option<String> {
+    let field = field.trim();
+    match kind {
+        // The Deployment's pod template is the release's.
+        "Deployment" => field.strip_prefix("spec.template.").map(|rest| format!("spec.template.{rest}")),
+        "Service" if field.starts_with("metadata.annotations") => Some("spec.service.annotations".into()),
+        "Service" if field.starts_with("spec.ports") => Some("spec.service.port".into()),
+        "HTTPRoute" if field.starts_with("spec.parentRefs") => {
+            Some(if field.ends_with(".namespace") { "spec.traffic.gateway.namespace" } else { "spec.traffic.gateway" }.into())
+        }
+        "HTTPRoute" if field.starts_with("metadata.annotations") => Some("spec.service.annotations".into()),
+        _ => None,
+    }
+}
+
+/// Tags a kube error from acting on `object` with what was being done.
+pub fn act_err(what: &'static str, object: String) -> impl FnOnce(kube::Error) -> Error {
+    move |source| Error::Act { what, object, source }
+}
+
+impl From<crate::traffic::WriteError> for Error {
+    fn from(e: crate::traffic::WriteError) -> Self {
+        Error::Act { what: "route traffic to", object: e.object, source: e.source }
+    }
+}
+
 impl Error {
+    /// The API server refused, for good, a child the spec describes (400 Bad Request or 422
+    /// Invalid): the message names the object and what the API server said, and, where the
+    /// field maps to one, the release's own field.
+    pub fn refusal(&self) -> Option<String> {
+        let Error::Act { what, object, source: kube::Error::Api(e) } = self else { return None };
+        if e.code != 400 && e.code != 422 {
+            return None;
+        }
+        let kind = object.split(' ').next().unwrap_or_default();
+        let fields: Vec<String> = e
+            .details
+            .iter()
+            .flat_map(|d| d.causes.iter())
+            .filter_map(|c| spec_field(kind, &c.field))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let in_spec = if fields.is_empty() { String::new() } else { format!(" (in the release: {})", fields.join(", ")) };
+        Some(format!("the API server refused to {what} {object}: {}{in_spec}", e.message))
+    }
+
+    /// A problem the API server reported (4xx other than a conflict) that may heal by itself or
+    /// by someone else's hand (a namespace created, a permission granted): reported in a
+    /// condition and an Event while the reconcile retries with backoff.
+    pub fn blocked(&self) -> Option<String> {
+        let (code, text) = match self {
+            Error::Act { source: kube::Error::Api(e), .. } | Error::Observe(_, kube::Error::Api(e)) => (e.code, self.to_string()),
+            _ => return None,
+        };
+        ((400..500).contains(&code) && code != 409 && code != 429).then_some(text)
+    }
+
     /// A write refused because the object changed meanwhile: retry from fresh state, soon.
     pub fn is_conflict(&self) -> bool {
         use kube::runtime::finalizer::Error as F;
         match self {
-            Error::Status(kube::Error::Api(e)) => e.code == 409,
+            Error::Status(kube::Error::Api(e)) | Error::Act { source: kube::Error::Api(e), .. } => e.code == 409,
             Error::Finalizer(f) => match &**f {
                 F::ApplyFailed(e) | F::CleanupFailed(e) => e.is_conflict(),
                 // The finalizer patch tests the finalizers it read: 422 when they changed meanwhile.
@@ -107,21 +178,25 @@ pub async fn run(
     // The caches keep only what observe and act read: no managedFields, no pod templates.
     let dep_stream = watcher(Api::<Deployment>::all(client.clone()), selector.clone())
         .modify(slim_deployment)
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .reflect(dep_writer)
         .applied_objects();
-    let job_stream =
-        watcher(Api::<Job>::all(client.clone()), selector).modify(slim_job).default_backoff().reflect(job_writer).applied_objects();
-    let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+    let job_stream = watcher(Api::<Job>::all(client.clone()), selector)
+        .modify(slim_job)
+        .backoff(WatchBackoff::default())
+        .reflect(job_writer)
+        .applied_objects();
     let ctx = Arc::new(Context {
         client: client.clone(),
         deployments,
         jobs,
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: events::Recorder::new(client.clone(), MANAGER, std::env::var("POD_NAME").ok()),
         metrics: metrics.clone(),
         prometheus_url: config.prometheus_url.clone(),
         applied,
         fresh_read: Default::default(),
+        failures: Default::default(),
+        notify_retry_for: config.notify_retry_for,
     });
     let releases = Api::<LocallRelease>::all(client.clone());
     let mut wc = watcher::Config::default().any_semantic();
@@ -133,12 +208,14 @@ pub async fn run(
     // that it did not just write, so only spec, metadata and deletion trigger a reconcile.
     let release_stream = watcher(releases, wc)
         .modify(|lr| lr.managed_fields_mut().clear())
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .reflect(release_writer)
         .applied_objects()
         .predicate_filter(release_trigger, Default::default());
     Controller::for_stream(release_stream, release_store)
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
+        // The controller backs off its trigger streams too, by default as client-go does.
+        .trigger_backoff(WatchBackoff::default())
         .watches_stream(dep_stream, owner_of)
         .watches_stream(job_stream, owner_of)
         .graceful_shutdown_on(shutdown)
@@ -147,11 +224,49 @@ pub async fn run(
             match res {
                 // A child whose release this operator does not manage (another selector): not ours.
                 Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => tracing::debug!(%obj, "not a release of this operator"),
-                Err(e) => warn!(error = %e, "reconcile failed"),
+                // Logged by `reconcile`, with the release named.
+                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                Err(e) => warn!(error = %e, "controller"),
                 Ok(_) => {}
             }
         })
         .await;
+}
+
+/// The watches' retry policy: 200 ms, doubled, at most 2 s, with jitter. kube-runtime's default
+/// (client-go's: up to 30 s, reset only after 2 minutes of calm) kept the operator blind for
+/// about a minute after an API server restart, while its watches backed off past the moment it
+/// came back; a few requests every 2 s from one operator cost an API server nothing.
+pub struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    pub const MIN: Duration = Duration::from_millis(200);
+    pub const MAX: Duration = Duration::from_secs(2);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        WatchBackoff { next: Self::MIN }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        let d = self.next;
+        self.next = (self.next * 2).min(Self::MAX);
+        // Up to a quarter more, so that many watches do not retry in step.
+        let jitter = rand::random_range(0..=d.as_millis() as u64 / 4);
+        Some(d + Duration::from_millis(jitter))
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::MIN;
+    }
 }
 
 /// Metadata-only watch caches of the operator's Services and HTTPRoutes, kept up to date in the
@@ -163,14 +278,14 @@ fn watch_applied(client: &Client, selector: &watcher::Config) -> crate::traffic:
     let (services, svc_writer) = reflector::store::<PartialObjectMeta<Service>>();
     let svc_stream = watcher(Api::<PartialObjectMeta<Service>>::all(client.clone()), selector.clone())
         .modify(|m| m.managed_fields_mut().clear())
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .reflect(svc_writer);
     let ar = crate::traffic::gateway::httproute_resource();
     let route_writer = reflector::store::Writer::<PartialObjectMeta<DynamicObject>>::new(ar.clone());
     let routes = route_writer.as_reader();
     let route_stream = watcher(Api::<PartialObjectMeta<DynamicObject>>::all_with(client.clone(), &ar), selector.clone())
         .modify(|m| m.managed_fields_mut().clear())
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .reflect(route_writer);
     tokio::spawn(svc_stream.for_each(|r| async move {
         if let Err(e) = r {
@@ -219,16 +334,22 @@ fn owner_of<K: Resource>(child: K) -> Option<ObjectRef<LocallRelease>> {
     Some(ObjectRef::new(name).within(ns))
 }
 
-fn error_policy(_lr: Arc<LocallRelease>, err: &Error, _ctx: Arc<Context>) -> Action {
+fn error_policy(lr: Arc<LocallRelease>, err: &Error, ctx: Arc<Context>) -> Action {
     if matches!(err, Error::Engine(_)) {
         return Action::requeue(Duration::from_secs(60));
     }
     if err.is_conflict() {
         // Usually our own previous write, not yet seen by the watch: it arrives within ms.
-        Action::requeue(Duration::from_millis(50))
-    } else {
-        Action::requeue(Duration::from_secs(5))
+        return Action::requeue(Duration::from_millis(50));
     }
+    let n = ctx.failures.lock().unwrap().get(&ObjectRef::from_obj(&*lr)).copied().unwrap_or(1);
+    Action::requeue(retry_after(n))
+}
+
+/// The wait before retrying a reconcile that failed `n` times in a row: 5 s, doubled each time,
+/// at most 5 minutes (a spec edit or a child's change still triggers one at once).
+pub fn retry_after(n: u32) -> Duration {
+    Duration::from_secs(5).saturating_mul(1 << n.saturating_sub(1).min(6)).min(Duration::from_secs(300))
 }
 
 #[instrument(skip_all, fields(release = %format!("{}/{}", lr.namespace().unwrap_or_default(), lr.name_any())))]
@@ -256,28 +377,106 @@ async fn reconcile(lr: Arc<LocallRelease>, ctx: Arc<Context>) -> Result<Action, 
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     let result = match &res {
-        Ok(_) => "success",
+        Ok(_) => {
+            ctx.failures.lock().unwrap().remove(&key);
+            "success"
+        }
         Err(e) if e.is_conflict() => {
             ctx.fresh_read.lock().unwrap().insert(key);
             "conflict"
         }
-        Err(_) => "error",
+        Err(e) => {
+            warn!(error = %e, "reconcile failed");
+            *ctx.failures.lock().unwrap().entry(key).or_default() += 1;
+            "error"
+        }
     };
     ctx.metrics.reconcile_done(started.elapsed(), result);
     res
 }
 
 async fn reconcile_release(lr: &LocallRelease, ctx: &Context) -> Result<Action, Error> {
-    let router = Router::for_method(lr.spec.traffic.method);
     let original = lr.status.clone().unwrap_or_default();
-    let mut status = original.clone();
     let mut events = Vec::new();
     let mut notify = Vec::new();
-    let mut decision;
-    let mut pass = 0;
-    loop {
-        pass += 1;
-        let obs = observe(ctx, lr, &status, router).await?;
+    let (status, outcome) = advance(lr, ctx, &original, &mut events, &mut notify).await;
+    let status = match &outcome {
+        // The API server answered something that holds the release up (a namespace missing, a
+        // permission, a refusal it cannot act on): said in the conditions, once, until it heals.
+        Err(e) => match e.refusal().or_else(|| e.blocked()) {
+            Some(problem) => engine::held(&status, &problem, lr.metadata.generation, Utc::now()),
+            None => status,
+        },
+        Ok(_) => status,
+    };
+    let problem = |st: &LocallReleaseStatus| {
+        st.conditions.iter().find(|c| c.type_ == crate::api::conditions::READY && c.reason == engine::HELD).map(|c| c.message.clone())
+    };
+    if let Some(message) = problem(&status).filter(|m| Some(m) != problem(&original).as_ref()) {
+        events.push(engine::EventOut { warning: true, reason: engine::HELD.into(), message });
+    }
+    // An Event when an annotation becomes unusable (or differently so), not on every reconcile.
+    let invalid = |st: &crate::api::LocallReleaseStatus| {
+        st.conditions.iter().find(|c| c.type_ == engine::ANNOTATIONS_VALID && c.status == "False").map(|c| c.message.clone())
+    };
+    if let Some(message) = invalid(&status).filter(|m| Some(m) != invalid(&original).as_ref()) {
+        events.push(engine::EventOut { warning: true, reason: "InvalidAnnotation".into(), message });
+    }
+    let mut version = lr.resource_version();
+    if status != original {
+        version = write_status(ctx, lr, version, &status).await?;
+    }
+    publish(ctx, lr, &events).await;
+    if original.phase != status.phase {
+        info!(from = %original.phase, to = %status.phase, message = %status.message, "phase changed");
+    }
+    // What is owed was recorded above: now it is delivered, and the result recorded in turn.
+    let due = outbox::due(&status, Utc::now());
+    let status = if due.is_empty() {
+        status
+    } else {
+        let results = crate::notify::deliver(&ctx.client, lr, &due, &ctx.metrics).await;
+        let mut next = status.clone();
+        let now = Utc::now();
+        let given_up = outbox::settle(&mut next, &results, ctx.notify_retry_for, now);
+        outbox::condition(&mut next, &results, &given_up, lr.metadata.generation, now);
+        if next != status {
+            write_status(ctx, lr, version, &next).await?;
+        }
+        publish(ctx, lr, &given_up).await;
+        next
+    };
+    ctx.metrics.observe_release(lr, &status);
+    let next = [outcome?, outbox::next_due(&status, Utc::now()).map(|d| d.max(Duration::from_millis(200)))].into_iter().flatten().min();
+    Ok(match next {
+        Some(d) => Action::requeue(d),
+        None => Action::await_change(),
+    })
+}
+
+/// Observe, decide, act, as far as this reconcile can take the release: returns the status
+/// that what was carried out supports, and when to look again (or what stopped it).
+///
+/// A child the API server refuses for good (400/422) is an observation like any other: the
+/// engine decides again knowing it, from the status the refused act was carrying out (minus the
+/// Jobs that were never created), and fails the release (rolling back what had moved).
+async fn advance(
+    lr: &LocallRelease,
+    ctx: &Context,
+    original: &LocallReleaseStatus,
+    events: &mut Vec<engine::EventOut>,
+    notify: &mut Vec<(crate::api::NotifyEvent, String)>,
+) -> (LocallReleaseStatus, Result<Option<Duration>, Error>) {
+    let router = Router::for_method(lr.spec.traffic.method);
+    let mut status = original.clone();
+    let mut refused: Option<String> = None;
+    let mut refusals = 0;
+    for pass in 1.. {
+        let mut obs = match observe(ctx, lr, &status, router).await {
+            Ok(obs) => obs,
+            Err(e) => return (status, Err(e)),
+        };
+        obs.refused = refused.take();
         let r = Release {
             name: &lr.name_any(),
             namespace: &lr.namespace().unwrap_or_default(),
@@ -287,39 +486,51 @@ async fn reconcile_release(lr: &LocallRelease, ctx: &Context) -> Result<Action, 
         };
         // `decide` is total (the model-based tests hold it to that); should it ever panic, the
         // panic stays with this release instead of taking the operator down for every tenant.
-        decision = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine::decide(r, &obs, Utc::now()))).map_err(|p| {
+        let decided = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine::decide(r, &obs, Utc::now()))).map_err(|p| {
             let what = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
             Error::Engine(format!("panicked: {what}"))
-        })?;
-        let traffic_writes = act::act(ctx, lr, &decision, router).await?;
+        });
+        let mut decision = match decided {
+            Ok(d) => d,
+            Err(e) => return (status, Err(e)),
+        };
+        let traffic_writes = match act::act(ctx, lr, &decision, router).await {
+            Ok(n) => n,
+            Err(e) => match e.refusal() {
+                Some(why) if !decision.status.phase.is_terminal() && refusals < 3 => {
+                    refusals += 1;
+                    warn!(problem = %why, "child refused");
+                    let mut next = decision.status.clone();
+                    if let Error::Act { object, .. } = &e {
+                        // Jobs are created in order: the refused one and those after it do not
+                        // exist, and neither their records nor their Events may say otherwise.
+                        if let Some(i) = decision.jobs.iter().position(|j| object.ends_with(&format!("/{}", j.record.job_name))) {
+                            let gone: Vec<String> =
+                                decision.jobs[i..].iter().map(|j| format!("{}/{}", j.record.namespace, j.record.job_name)).collect();
+                            next.jobs.retain(|r| !gone.contains(&format!("{}/{}", r.namespace, r.job_name)));
+                            decision
+                                .events
+                                .retain(|ev| ev.reason != "JobCreated" || !gone.iter().any(|g| ev.message.contains(&format!("Job {g} "))));
+                        }
+                    }
+                    events.append(&mut decision.events);
+                    notify.append(&mut decision.notify);
+                    status = next;
+                    refused = Some(why);
+                    continue;
+                }
+                _ => return (status, Err(e)),
+            },
+        };
         events.append(&mut decision.events);
         notify.append(&mut decision.notify);
         status = decision.status.clone();
         // Traffic moved: read it back at once, so the engine verifies it in this reconcile.
         if traffic_writes == 0 || pass >= 3 || status.phase.is_terminal() {
-            break;
+            return (status, Ok(decision.next_look()));
         }
     }
-    // An Event when an annotation becomes unusable (or differently so), not on every reconcile.
-    let invalid = |st: &crate::api::LocallReleaseStatus| {
-        st.conditions.iter().find(|c| c.type_ == engine::ANNOTATIONS_VALID && c.status == "False").map(|c| c.message.clone())
-    };
-    if let Some(message) = invalid(&status).filter(|m| Some(m) != invalid(&original).as_ref()) {
-        events.push(engine::EventOut { warning: true, reason: "InvalidAnnotation".into(), message });
-    }
-    if status != original {
-        write_status(ctx, lr, &status).await?;
-    }
-    publish(ctx, lr, &events).await;
-    crate::notify::dispatch(&ctx.client, lr, &status, &notify, ctx.metrics.clone());
-    ctx.metrics.observe_release(lr, &status);
-    if original.phase != status.phase {
-        info!(from = %original.phase, to = %status.phase, message = %status.message, "phase changed");
-    }
-    Ok(match decision.next_look() {
-        Some(d) => Action::requeue(d),
-        None => Action::await_change(),
-    })
+    unreachable!("the loop returns")
 }
 
 /// The engine's snapshot for this release.
@@ -382,29 +593,29 @@ async fn observe(ctx: &Context, lr: &LocallRelease, status: &LocallReleaseStatus
 
 /// Writes status by server-side apply, guarded by the resourceVersion it was computed from:
 /// a concurrent change makes it fail with 409 and the reconcile runs again on fresh state.
-async fn write_status(ctx: &Context, lr: &LocallRelease, status: &LocallReleaseStatus) -> Result<(), Error> {
+async fn write_status(
+    ctx: &Context,
+    lr: &LocallRelease,
+    version: Option<String>,
+    status: &LocallReleaseStatus,
+) -> Result<Option<String>, Error> {
     let api: Api<LocallRelease> = Api::namespaced(ctx.client.clone(), &lr.namespace().unwrap_or_default());
     let body = serde_json::json!({
         "apiVersion": "locall.io/v1alpha1",
         "kind": "LocallRelease",
-        "metadata": {"name": lr.name_any(), "resourceVersion": lr.resource_version()},
+        "metadata": {"name": lr.name_any(), "resourceVersion": version},
         "status": status,
     });
-    api.patch_status(&lr.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await.map_err(Error::Status)?;
+    let written =
+        api.patch_status(&lr.name_any(), &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await.map_err(Error::Status)?;
     ctx.metrics.writes.inc();
-    Ok(())
+    Ok(written.resource_version())
 }
 
 async fn publish(ctx: &Context, lr: &LocallRelease, events: &[engine::EventOut]) {
     let reference = lr.object_ref(&());
     for e in events {
-        let ev = Event {
-            type_: if e.warning { EventType::Warning } else { EventType::Normal },
-            reason: e.reason.clone(),
-            note: Some(e.message.chars().take(1000).collect()),
-            action: "Release".into(),
-            secondary: None,
-        };
+        let ev = events::Note { warning: e.warning, reason: e.reason.clone(), message: e.message.clone() };
         if let Err(err) = ctx.recorder.publish(&ev, &reference).await {
             warn!(error = %err, "could not publish event");
         }
@@ -415,9 +626,40 @@ async fn publish(ctx: &Context, lr: &LocallRelease, events: &[engine::EventOut])
 mod tests {
     use super::Error;
     use kube::runtime::finalizer::Error as F;
+    use std::time::Duration;
 
     fn api(code: u16) -> kube::Error {
         kube::Error::Api(Box::new(kube::core::Status { code, ..Default::default() }))
+    }
+
+    #[test]
+    fn watches_retry_within_two_and_a_half_seconds_and_start_over_after_a_success() {
+        use kube::runtime::utils::Backoff;
+        let mut b = super::WatchBackoff::default();
+        let waits: Vec<_> = (&mut b).take(10).collect();
+        assert!(waits[0] >= super::WatchBackoff::MIN && waits[0] <= super::WatchBackoff::MIN * 2);
+        assert!(waits.iter().all(|w| *w <= super::WatchBackoff::MAX + super::WatchBackoff::MAX / 4), "{waits:?}");
+        assert!(waits[9] >= super::WatchBackoff::MAX, "{waits:?}");
+        b.reset();
+        assert!(b.next().unwrap() < Duration::from_millis(300));
+    }
+
+    #[test]
+    fn a_refusal_names_the_object_and_the_release_field() {
+        let mut status = kube::core::Status { code: 422, message: "Deployment.apps \"api-1\" is invalid".into(), ..Default::default() };
+        status.details = serde_json::from_value(serde_json::json!({
+            "causes": [{"field": "spec.template.spec.containers[0].ports[0].containerPort", "reason": "FieldValueInvalid"}]
+        }))
+        .unwrap();
+        let e = super::act_err("apply", "Deployment prod/api-1".into())(kube::Error::Api(Box::new(status)));
+        let why = e.refusal().unwrap();
+        assert!(why.contains("Deployment prod/api-1"), "{why}");
+        assert!(why.contains("(in the release: spec.template.spec.containers[0].ports[0].containerPort)"), "{why}");
+        assert!(e.blocked().is_some());
+        let missing = super::act_err("apply", "Deployment gone/api-1".into())(api(404));
+        assert!(missing.refusal().is_none() && missing.blocked().is_some(), "a missing namespace can heal");
+        assert!(super::act_err("apply", "x".into())(api(500)).blocked().is_none(), "a server error is retried quietly");
+        assert!(super::act_err("apply", "x".into())(api(409)).blocked().is_none());
     }
 
     #[test]
@@ -426,6 +668,7 @@ mod tests {
         assert!(Error::Finalizer(Box::new(F::ApplyFailed(Error::Status(api(409))))).is_conflict());
         assert!(Error::Finalizer(Box::new(F::AddFinalizer(api(422)))).is_conflict());
         assert!(!Error::Finalizer(Box::new(F::ApplyFailed(Error::Status(api(500))))).is_conflict());
-        assert!(!Error::Finalizer(Box::new(F::ApplyFailed(Error::Act("create Job", api(409))))).is_conflict());
+        assert!(Error::Finalizer(Box::new(F::ApplyFailed(super::act_err("create", "Job a/b".into())(api(409))))).is_conflict());
+        assert!(!Error::Finalizer(Box::new(F::ApplyFailed(super::act_err("create", "Job a/b".into())(api(422))))).is_conflict());
     }
 }

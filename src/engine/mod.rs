@@ -6,6 +6,7 @@
 pub mod gates;
 mod machine;
 pub mod names;
+pub mod outbox;
 pub mod traffic;
 pub mod validate;
 
@@ -49,6 +50,9 @@ pub struct Observed {
     pub measurements: BTreeMap<String, gates::Measurement>,
     /// `gates::Target::key()` of what was measured.
     pub measured_target: Option<String>,
+    /// The API server refused, for good (400/422), a child this status calls for: the message
+    /// names the object and the field. The release fails (and rolls back what had moved).
+    pub refused: Option<String>,
 }
 
 /// A Deployment's progress.
@@ -149,6 +153,23 @@ pub const POLL: Duration = Duration::from_secs(5);
 pub const PROGRESS_DEADLINE: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 /// How long a created Job may stay invisible before it counts as missing.
 pub const JOB_MISSING_AFTER: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+/// The `Ready` and `Reconciling` reason while the API server holds the release up.
+pub const HELD: &str = "ChildWriteFailed";
+
+/// The status to show while the API server holds the release up with `problem` (a namespace
+/// missing, a permission, a child it refuses where the engine cannot act on it): everything
+/// else as it was, `Ready=False` and `Reconciling=True` saying what the problem is, so neither
+/// the conditions nor `kubectl get lr` claim a spec that has not been carried out.
+pub fn held(st: &LocallReleaseStatus, problem: &str, generation: Option<i64>, now: DateTime<Utc>) -> LocallReleaseStatus {
+    use crate::api::conditions;
+    let mut st = st.clone();
+    for (ty, on) in [(conditions::READY, false), (conditions::RECONCILING, true)] {
+        let c = conditions::upsert(&st.conditions, ty, on, HELD, problem, generation, now);
+        conditions::set(&mut st.conditions, c);
+    }
+    st
+}
 
 /// The candidate revision a snapshot is taken for: the spec's, unless a rollback under way must
 /// finish first (then the one in status). `decide` starts a new release on exactly this rule.

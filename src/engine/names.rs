@@ -43,6 +43,16 @@ pub fn revision_service(release: &str, revision: &str) -> String {
     label(&[release, revision], 63)
 }
 
+/// Whether `name` is the name of one of the release's revision Services (revisions are eight
+/// hex digits; a name cut to 63 characters ends in a hash and is recognised by its prefix).
+pub fn is_revision_service(release: &str, name: &str) -> bool {
+    let hex8 = |s: &str| s.len() == 8 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    match name.strip_prefix(release).and_then(|r| r.strip_prefix('-')) {
+        Some(rest) => hex8(rest),
+        None => name.len() == 63 && release.get(..54).is_some_and(|p| name.starts_with(p)) && name.get(55..).is_some_and(hex8),
+    }
+}
+
 /// The Service (and HTTPRoute) that is the release's entry point in a stage.
 pub fn entry_service(release: &str) -> String {
     label(&[release], 63)

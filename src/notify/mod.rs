@@ -1,18 +1,22 @@
 //! Notifications: Slack-compatible, Teams Workflows, generic JSON and CloudEvents 1.0 payloads
-//! (pure builders), delivered in the background with retries, so a slow or failing receiver
-//! never delays a rollback.
+//! (pure builders), and one delivery attempt for each notification a release owes
+//! (`status.outbox`, see `engine::outbox`): the status write that records a change records what
+//! is owed for it, delivery comes after, and its result goes back into status. A slow receiver
+//! delays nothing: traffic has moved before any notification is sent.
+//!
+//! Webhook URLs are credentials (Slack and Teams put the token in the path): they are read from
+//! the Secret at each attempt and never printed; errors name the scheme and host only.
 
-use crate::api::{Audience, LocallRelease, LocallReleaseStatus, Notification, NotifyEvent, NotifyFormat};
-use chrono::{DateTime, Utc};
+use crate::api::{Audience, LocallRelease, Notification, NotifyEvent, NotifyFormat, Owed};
+use crate::engine::outbox::Attempt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
 use serde_json::{json, Value};
 use std::time::Duration;
 use tracing::{info, warn};
 
-/// Delivery attempts before giving up, and the first backoff (doubled each time).
-pub const ATTEMPTS: u32 = 6;
-pub const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// How long one delivery attempt may take.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
 
 fn event_name(e: NotifyEvent) -> &'static str {
     match e {
@@ -24,10 +28,11 @@ fn event_name(e: NotifyEvent) -> &'static str {
 }
 
 /// The one-line story, for people (business audience gets no metric details).
-pub fn summary(lr: &LocallRelease, st: &LocallReleaseStatus, e: NotifyEvent, audience: Audience, message: &str) -> String {
+pub fn summary(lr: &LocallRelease, o: &Owed, audience: Audience) -> String {
+    let (e, message) = (o.event, &o.message);
     let name = lr.name_any();
-    let v = &st.candidate_version;
-    let stable = st.stable.as_ref().map(|s| s.version.clone()).unwrap_or_else(|| "the previous version".into());
+    let v = &o.version;
+    let stable = o.stable_version.clone().unwrap_or_else(|| "the previous version".into());
     match (e, audience) {
         (NotifyEvent::RolledBack, Audience::Business) => {
             format!("{name} {v} was rolled back automatically; customers are on {stable} again.")
@@ -39,20 +44,29 @@ pub fn summary(lr: &LocallRelease, st: &LocallReleaseStatus, e: NotifyEvent, aud
     }
 }
 
+/// The idempotency key of an owed notification: unique per release object (its uid) and per
+/// notice, the same on every attempt and after a restart.
+pub fn key(lr: &LocallRelease, o: &Owed) -> String {
+    format!("{}-{}", lr.uid().unwrap_or_default(), o.id)
+}
+
 /// The payload for a target (pure).
-pub fn payload(n: &Notification, lr: &LocallRelease, st: &LocallReleaseStatus, e: NotifyEvent, message: &str, now: DateTime<Utc>) -> Value {
-    let text = summary(lr, st, e, n.audience, message);
+pub fn payload(n: &Notification, lr: &LocallRelease, o: &Owed) -> Value {
+    let e = o.event;
+    let text = summary(lr, o, n.audience);
     let ns = lr.namespace().unwrap_or_default();
     let name = lr.name_any();
     let data = json!({
+        "id": key(lr, o),
         "release": name,
         "namespace": ns,
         "event": event_name(e),
-        "version": st.candidate_version,
-        "stableVersion": st.stable.as_ref().map(|s| s.version.clone()),
-        "phase": st.phase.as_str(),
+        "version": o.version,
+        "stableVersion": o.stable_version,
+        "phase": o.phase.as_str(),
         "message": text,
-        "failure": if n.audience == Audience::Technical { serde_json::to_value(&st.failure).unwrap_or(Value::Null) } else { Value::Null },
+        "detail": if n.audience == Audience::Technical { Value::String(o.message.clone()) } else { Value::Null },
+        "at": o.since.to_rfc3339(),
     });
     match n.format {
         NotifyFormat::Slack => json!({"text": text}),
@@ -65,11 +79,11 @@ pub fn payload(n: &Notification, lr: &LocallRelease, st: &LocallReleaseStatus, e
                     "type": "AdaptiveCard",
                     "version": "1.4",
                     "body": [
-                        {"type": "TextBlock", "text": format!("{name} {}: {}", st.candidate_version, event_name(e)), "weight": "Bolder", "size": "Medium"},
+                        {"type": "TextBlock", "text": format!("{name} {}: {}", o.version, event_name(e)), "weight": "Bolder", "size": "Medium"},
                         {"type": "TextBlock", "text": text, "wrap": true},
                         {"type": "FactSet", "facts": [
                             {"title": "Namespace", "value": ns},
-                            {"title": "Phase", "value": st.phase.as_str()},
+                            {"title": "Phase", "value": o.phase.as_str()},
                         ]},
                     ],
                 },
@@ -78,79 +92,76 @@ pub fn payload(n: &Notification, lr: &LocallRelease, st: &LocallReleaseStatus, e
         NotifyFormat::Webhook => data,
         NotifyFormat::CloudEvents => json!({
             "specversion": "1.0",
-            "id": format!("{}-{}-{}", lr.uid().unwrap_or_default(), st.revision, event_name(e)),
+            "id": key(lr, o),
             "source": format!("/apis/locall.io/v1alpha1/namespaces/{ns}/locallreleases/{name}"),
             "type": format!("io.locall.release.{}", event_name(e).to_lowercase()),
             "subject": name,
-            "time": now.to_rfc3339(),
+            "time": o.since.to_rfc3339(),
             "datacontenttype": "application/json",
             "data": data,
         }),
     }
 }
 
-/// Sends every notification the decision asked for, each in its own background task.
-pub fn dispatch(
-    client: &Client,
-    lr: &LocallRelease,
-    st: &LocallReleaseStatus,
-    events: &[(NotifyEvent, String)],
-    metrics: std::sync::Arc<crate::telemetry::Metrics>,
-) {
-    for (e, message) in events {
-        for n in lr.spec.notifications.iter().filter(|n| n.events.is_empty() || n.events.contains(e)) {
-            let body = payload(n, lr, st, *e, message, Utc::now());
-            let (client, n, ns, metrics) = (client.clone(), n.clone(), lr.namespace().unwrap_or_default(), metrics.clone());
-            tokio::spawn(async move {
-                let ok = deliver(&client, &ns, &n, &body).await;
-                metrics.notification(ok);
-            });
-        }
+/// `scheme://host` of a URL, or a placeholder: all of a webhook URL that may be printed.
+pub fn redact(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!("{}://{}", u.scheme(), u.host_str().unwrap_or("?")),
+        Err(_) => "<unparsable URL>".into(),
     }
 }
 
-/// Reads the target's URL from its Secret and POSTs, retrying with exponential backoff.
-async fn deliver(client: &Client, ns: &str, n: &Notification, body: &Value) -> bool {
-    let mut backoff = FIRST_BACKOFF;
-    let http = match reqwest::Client::builder().timeout(Duration::from_secs(5)).build() {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(target_name = %n.name, error = %e, "cannot build HTTP client");
-            return false;
+/// One attempt for each owed notification, all at once, each bounded by [`TIMEOUT`].
+pub async fn deliver(client: &Client, lr: &LocallRelease, owed: &[Owed], metrics: &crate::telemetry::Metrics) -> Vec<Attempt> {
+    let http = reqwest::Client::builder().timeout(TIMEOUT).build().map_err(|e| e.without_url().to_string());
+    let attempts = owed.iter().map(|o| {
+        let http = http.as_ref().map_err(Clone::clone);
+        async move {
+            let result = match (http, lr.spec.notifications.iter().position(|n| n.name == o.target)) {
+                (Err(e), _) => Err(format!("cannot build an HTTP client: {e}")),
+                (_, None) => Err(format!("spec.notifications has no target {} any more", o.target)),
+                (Ok(http), Some(i)) => attempt(client, http, lr, i, o).await,
+            };
+            match &result {
+                Ok(()) => info!(target_name = %o.target, id = %o.id, attempt = o.attempts + 1, "notification delivered"),
+                Err(e) => warn!(target_name = %o.target, id = %o.id, attempt = o.attempts + 1, error = %e, "notification not delivered"),
+            }
+            metrics.notification(&o.target, result.is_ok());
+            (o.id.clone(), result)
         }
+    });
+    futures::future::join_all(attempts).await
+}
+
+/// Reads the target's URL from its Secret and POSTs once.
+async fn attempt(client: &Client, http: &reqwest::Client, lr: &LocallRelease, i: usize, o: &Owed) -> Result<(), String> {
+    let n = &lr.spec.notifications[i];
+    let ns = lr.namespace().unwrap_or_default();
+    let field = format!("spec.notifications[{i}].urlSecret");
+    let secret = match Api::<Secret>::namespaced(client.clone(), &ns).get_opt(&n.url_secret.name).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Err(format!("Secret {ns}/{} not found ({field}.name)", n.url_secret.name)),
+        Err(e) => return Err(format!("cannot read Secret {ns}/{} ({field}): {e}", n.url_secret.name)),
     };
+    let url = secret
+        .data
+        .and_then(|d| d.get(&n.url_secret.key).map(|b| String::from_utf8_lossy(&b.0).trim().to_string()))
+        .ok_or_else(|| format!("Secret {ns}/{} has no key {} ({field}.key)", n.url_secret.name, n.url_secret.key))?;
     let content_type = if n.format == NotifyFormat::CloudEvents { "application/cloudevents+json" } else { "application/json" };
-    for attempt in 1..=ATTEMPTS {
-        let result = async {
-            let secret = Api::<Secret>::namespaced(client.clone(), ns).get(&n.url_secret.name).await.map_err(|e| e.to_string())?;
-            let url = secret
-                .data
-                .and_then(|d| d.get(&n.url_secret.key).map(|b| String::from_utf8_lossy(&b.0).trim().to_string()))
-                .ok_or_else(|| format!("Secret {ns}/{} has no key {}", n.url_secret.name, n.url_secret.key))?;
-            let resp =
-                http.post(&url).header("content-type", content_type).body(body.to_string()).send().await.map_err(|e| e.to_string())?;
-            if resp.status().is_success() {
-                Ok(())
-            } else {
-                Err(format!("HTTP {}", resp.status()))
-            }
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                info!(target_name = %n.name, attempt, "notification delivered");
-                return true;
-            }
-            Err(e) => {
-                warn!(target_name = %n.name, attempt, error = %e, "notification not delivered");
-                if attempt < ATTEMPTS {
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
-                }
-            }
-        }
+    let body = payload(n, lr, o);
+    let resp = http
+        .post(&url)
+        .header("content-type", content_type)
+        .header("idempotency-key", key(lr, o))
+        .body(body.to_string())
+        .send()
+        .await
+        .map_err(|e| format!("{}: {}", redact(&url), e.without_url()))?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("{} answered HTTP {}", redact(&url), resp.status().as_u16()))
     }
-    false
 }
 
 #[cfg(test)]
@@ -171,9 +182,8 @@ spec:
 "#,
         )
         .unwrap();
-        let st: LocallReleaseStatus = serde_json::from_value(
-            json!({"phase": "RolledBack", "candidateVersion": "3.0.0", "revision": "r3", "stable": {"version": "2.0.0", "revision": "r2"}}),
-        )
+        let st: Owed = serde_json::from_value(json!({"id": "4-1", "target": "t", "event": "RolledBack", "phase": "RolledBack",
+            "version": "3.0.0", "stableVersion": "2.0.0", "message": "error-rate > 0.05", "since": "2026-11-30T10:00:00Z"}))
         .unwrap();
         let target = |format: NotifyFormat, audience: Audience| Notification {
             name: "t".into(),
@@ -182,18 +192,25 @@ spec:
             events: vec![],
             audience,
         };
-        let now = Utc::now();
-        let e = NotifyEvent::RolledBack;
-        let slack = payload(&target(NotifyFormat::Slack, Audience::Technical), &lr, &st, e, "error-rate > 0.05", now);
+        let slack = payload(&target(NotifyFormat::Slack, Audience::Technical), &lr, &st);
         assert!(slack["text"].as_str().unwrap().contains("error-rate > 0.05"));
-        let ce = payload(&target(NotifyFormat::CloudEvents, Audience::Technical), &lr, &st, e, "m", now);
+        let ce = payload(&target(NotifyFormat::CloudEvents, Audience::Technical), &lr, &st);
+        assert_eq!(ce["id"], "u1-4-1", "the idempotency key: the release's uid and the notice");
         assert_eq!(ce["specversion"], "1.0");
         assert_eq!(ce["type"], "io.locall.release.rolledback");
         assert_eq!(ce["data"]["stableVersion"], "2.0.0");
-        let teams = payload(&target(NotifyFormat::Teams, Audience::Technical), &lr, &st, e, "m", now);
+        let teams = payload(&target(NotifyFormat::Teams, Audience::Technical), &lr, &st);
         assert_eq!(teams["attachments"][0]["contentType"], "application/vnd.microsoft.card.adaptive");
-        let biz = payload(&target(NotifyFormat::Webhook, Audience::Business), &lr, &st, e, "error-rate > 0.05", now);
+        let biz = payload(&target(NotifyFormat::Webhook, Audience::Business), &lr, &st);
         assert_eq!(biz["message"], "locall-api 3.0.0 was rolled back automatically; customers are on 2.0.0 again.");
-        assert!(biz["failure"].is_null());
+        assert!(biz["detail"].is_null());
+        assert_eq!(biz["id"], "u1-4-1");
+    }
+
+    #[test]
+    fn a_webhook_url_is_printed_as_scheme_and_host_only() {
+        assert_eq!(redact("https://hooks.slack.com/services/T000/B000/XXXXSECRET"), "https://hooks.slack.com");
+        assert_eq!(redact("http://user:pass@127.0.0.1:9999/path?token=abc"), "http://127.0.0.1");
+        assert_eq!(redact("not a url with a secret"), "<unparsable URL>");
     }
 }

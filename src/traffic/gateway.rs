@@ -1,7 +1,13 @@
 //! Gateway API: one Service per revision and an HTTPRoute whose backend weights split the
 //! stage's traffic between the stable version and the candidate.
+//!
+//! The route is shared ground: other teams may add their own rules (an `/admin` path, a header
+//! match) with their own field manager. `spec.rules` is an atomic list, so applying ours would
+//! wipe theirs: the operator creates the route once by server-side apply, and from then on
+//! changes only its own rule (named [`RULE`]), leaving every other rule, and every field of its
+//! own rule but `backendRefs`, as it finds them, guarded by the resourceVersion it read.
 
-use super::{ensure_service, Applied, MANAGER};
+use super::{ensure_service, Applied, WriteError, MANAGER};
 use crate::{
     api::{labels, LocallRelease},
     controller::build,
@@ -17,6 +23,9 @@ use std::collections::BTreeMap;
 pub fn httproute_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", "HTTPRoute"), "httproutes")
 }
+
+/// The name of the operator's rule in the stage's HTTPRoute.
+pub const RULE: &str = "locall-release";
 
 /// Backends of the route: (service name, weight).
 pub fn backends(release: &str, stage: &StageDesired) -> Vec<(String, i32)> {
@@ -60,11 +69,37 @@ pub fn route(lr: &LocallRelease, stage: &StageDesired) -> serde_json::Value {
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
         "metadata": meta,
-        "spec": {"parentRefs": [parent], "rules": [{"backendRefs": refs}]},
+        "spec": {"parentRefs": [parent], "rules": [{"name": RULE, "backendRefs": refs}]},
     })
 }
 
-pub async fn apply(client: &Client, applied: &Applied, lr: &LocallRelease, stage: &StageDesired) -> Result<u32, kube::Error> {
+/// Whether a rule of the route is the operator's: named [`RULE`], or (a route written before
+/// rules had names) unnamed with every backend one of this release's revision Services.
+pub(crate) fn is_ours(rule: &serde_json::Value, release: &str) -> bool {
+    if let Some(name) = rule["name"].as_str() {
+        return name == RULE;
+    }
+    let refs = rule["backendRefs"].as_array().map(Vec::as_slice).unwrap_or_default();
+    !refs.is_empty() && refs.iter().all(|b| b["name"].as_str().is_some_and(|n| names::is_revision_service(release, n)))
+}
+
+/// The rules of `current` with the operator's rule carrying `ours`' backends (pure): every other
+/// rule, and every other field of the operator's rule, is kept as it is. No rule of ours yet:
+/// ours goes first.
+pub fn merged_rules(current: &serde_json::Value, ours: &serde_json::Value, release: &str) -> serde_json::Value {
+    let mut rules: Vec<serde_json::Value> = current["spec"]["rules"].as_array().cloned().unwrap_or_default();
+    let mine = ours["spec"]["rules"][0].clone();
+    match rules.iter_mut().find(|r| is_ours(r, release)) {
+        Some(r) => {
+            r["name"] = RULE.into();
+            r["backendRefs"] = mine["backendRefs"].clone();
+        }
+        None => rules.insert(0, mine),
+    }
+    serde_json::Value::Array(rules)
+}
+
+pub async fn apply(client: &Client, applied: &Applied, lr: &LocallRelease, stage: &StageDesired) -> Result<u32, WriteError> {
     let Some(t) = &stage.traffic else { return Ok(0) };
     let release = lr.name_any();
     let mut writes = 0;
@@ -82,12 +117,26 @@ pub async fn apply(client: &Client, applied: &Applied, lr: &LocallRelease, stage
     if applied.route_hash(&stage.namespace, &name).as_ref() == Some(&hash) {
         return Ok(writes);
     }
-    if let Some(cur) = api.get_opt(&name).await? {
-        if cur.annotations().get(build::APPLIED_HASH) == Some(&hash) {
-            return Ok(writes);
-        }
+    let err = |e| WriteError::on("HTTPRoute", &stage.namespace, &name)(e);
+    let Some(cur) = api.get_opt(&name).await.map_err(err)? else {
+        api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await.map_err(err)?;
+        return Ok(writes + 1);
+    };
+    if cur.annotations().get(build::APPLIED_HASH) == Some(&hash) {
+        return Ok(writes);
     }
-    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
+    // Only our rule's backends, our parent, labels and annotations change; a concurrent change
+    // (resourceVersion) makes this a conflict, retried on fresh state.
+    let patch = serde_json::json!({
+        "metadata": {
+            "resourceVersion": cur.resource_version(),
+            "labels": body["metadata"]["labels"],
+            "annotations": body["metadata"]["annotations"],
+        },
+        "spec": {"parentRefs": body["spec"]["parentRefs"], "rules": merged_rules(&cur.data, &body, &release)},
+    });
+    let pp = PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+    api.patch(&name, &pp, &Patch::Merge(&patch)).await.map_err(err)?;
     Ok(writes + 1)
 }
 
@@ -96,7 +145,7 @@ pub async fn observe(client: &Client, lr: &LocallRelease, stage: &StageDesired) 
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &stage.namespace, &httproute_resource());
     let Some(route) = api.get_opt(&names::entry_service(&lr.name_any())).await? else { return Ok(None) };
     let candidate = stage.traffic.as_ref().and_then(|t| t.candidate.clone()).map(|c| names::revision_service(&lr.name_any(), &c));
-    Ok(Some(candidate_share(&route.data, candidate.as_deref())))
+    Ok(Some(candidate_share(&route.data, &lr.name_any(), candidate.as_deref())))
 }
 
 /// Whether the stage's HTTPRoute has a backend with weight on the revision's Service.
@@ -119,11 +168,14 @@ pub fn weight_on(route: &serde_json::Value, service: &str) -> i64 {
     w
 }
 
-/// round(100 * candidate weight / total weight) over the route's backends (pure).
-pub fn candidate_share(route: &serde_json::Value, candidate: Option<&str>) -> i32 {
+/// round(100 * candidate weight / total weight) over the backends of the operator's rule (pure):
+/// what other rules route is not the release's traffic split.
+pub fn candidate_share(route: &serde_json::Value, release: &str, candidate: Option<&str>) -> i32 {
     let mut total = 0i64;
     let mut cand = 0i64;
-    for rule in route["spec"]["rules"].as_array().into_iter().flatten() {
+    let rules = route["spec"]["rules"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let ours: Vec<&serde_json::Value> = rules.iter().filter(|r| is_ours(r, release)).collect();
+    for rule in if ours.is_empty() { rules.iter().collect() } else { ours } {
         for b in rule["backendRefs"].as_array().into_iter().flatten() {
             let w = b["weight"].as_i64().unwrap_or(1).max(0);
             total += w;
@@ -181,10 +233,47 @@ spec:
         assert_eq!((refs[0]["name"].as_str(), refs[0]["weight"].as_i64()), (Some("api-s1"), Some(75)));
         assert_eq!((refs[1]["name"].as_str(), refs[1]["weight"].as_i64()), (Some("api-c2"), Some(25)));
         assert_eq!(r["spec"]["parentRefs"][0]["namespace"], "infra");
-        assert_eq!(candidate_share(&r, Some("api-c2")), 25);
-        assert_eq!(candidate_share(&route(&lr, &stage(Some("s1"), None, 0)), Some("api-c2")), 0);
-        assert_eq!(candidate_share(&route(&lr, &stage(None, Some("c2"), 100)), Some("api-c2")), 100);
+        assert_eq!(candidate_share(&r, "api", Some("api-c2")), 25);
+        assert_eq!(candidate_share(&route(&lr, &stage(Some("s1"), None, 0)), "api", Some("api-c2")), 0);
+        assert_eq!(candidate_share(&route(&lr, &stage(None, Some("c2"), 100)), "api", Some("api-c2")), 100);
         assert_eq!(weight_on(&r, "api-c2"), 25);
         assert_eq!(weight_on(&route(&lr, &stage(Some("s1"), None, 0)), "api-c2"), 0, "a superseded candidate has no weight left");
+    }
+
+    #[test]
+    fn another_teams_rules_survive_a_weight_change_and_do_not_count_in_the_split() {
+        let lr: LocallRelease = serde_yaml::from_str(
+            r#"
+apiVersion: locall.io/v1alpha1
+kind: LocallRelease
+metadata: {name: api, namespace: prod}
+spec:
+  version: "2"
+  template: {spec: {containers: [{name: a, image: a}]}}
+  stages: [{name: production}]
+  traffic: {method: GatewayAPI, gateway: {name: public}}
+"#,
+        )
+        .unwrap();
+        let admin = serde_json::json!({"matches": [{"path": {"type": "PathPrefix", "value": "/admin"}}],
+            "filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {"add": [{"name": "x-team", "value": "ops"}]}}],
+            "backendRefs": [{"kind": "Service", "name": "admin", "port": 80, "weight": 1}]});
+        // A route written before rules had names, with another team's rule after ours.
+        let mut current = route(&lr, &stage(Some("5d8f0a1b"), Some("c2e4a6b8"), 10));
+        current["spec"]["rules"][0].as_object_mut().unwrap().remove("name");
+        current["spec"]["rules"][0]["timeouts"] = serde_json::json!({"request": "10s"});
+        current["spec"]["rules"].as_array_mut().unwrap().push(admin.clone());
+        assert_eq!(candidate_share(&current, "api", Some("api-c2e4a6b8")), 10, "the /admin backend is not part of the split");
+        let next = route(&lr, &stage(Some("5d8f0a1b"), Some("c2e4a6b8"), 50));
+        let rules = merged_rules(&current, &next, "api");
+        assert_eq!(rules.as_array().unwrap().len(), 2);
+        assert_eq!(rules[1], admin, "the other team's rule is untouched");
+        assert_eq!(rules[0]["name"], RULE);
+        assert_eq!(rules[0]["timeouts"]["request"], "10s", "fields of our rule other than backendRefs are kept");
+        assert_eq!(rules[0]["backendRefs"][1]["weight"], 50);
+        // A route with only someone else's rule: ours is added in front.
+        let theirs = serde_json::json!({"spec": {"rules": [admin.clone()]}});
+        let rules = merged_rules(&theirs, &next, "api");
+        assert_eq!((rules[0]["name"].as_str(), &rules[1]), (Some(RULE), &admin));
     }
 }

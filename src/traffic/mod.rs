@@ -21,6 +21,24 @@ use kube::{
 /// The field manager of every write the operator makes.
 pub const MANAGER: &str = "locall-operator";
 
+/// A write (or the read before it) that failed, with the object it was for, e.g.
+/// `Service prod/locall-api-5d8f`: the condition and the Event name it.
+#[derive(Debug, thiserror::Error)]
+#[error("{object}: {source}")]
+pub struct WriteError {
+    pub object: String,
+    #[source]
+    pub source: kube::Error,
+}
+
+impl WriteError {
+    /// Tags a kube error with the object it concerns: `kind namespace/name`.
+    pub fn on(kind: &str, namespace: &str, name: &str) -> impl FnOnce(kube::Error) -> WriteError {
+        let object = format!("{kind} {namespace}/{name}");
+        move |source| WriteError { object, source }
+    }
+}
+
 /// A stage's router.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Router {
@@ -37,7 +55,7 @@ impl Router {
     }
 
     /// Makes the stage's routing match its target. Returns the number of writes made.
-    pub async fn apply(self, client: &Client, applied: &Applied, lr: &LocallRelease, stage: &StageDesired) -> Result<u32, kube::Error> {
+    pub async fn apply(self, client: &Client, applied: &Applied, lr: &LocallRelease, stage: &StageDesired) -> Result<u32, WriteError> {
         match self {
             Router::Gateway => gateway::apply(client, applied, lr, stage).await,
             Router::ReplicaRatio => replicas::apply(client, applied, lr, stage).await,
@@ -93,15 +111,16 @@ impl Applied {
 
 /// Applies a Service unless the one in the cluster already carries the same content hash (asked
 /// of the watch cache first, of the API server when the cache does not say so).
-pub(crate) async fn ensure_service(client: &Client, applied: &Applied, svc: Service) -> Result<u32, kube::Error> {
+pub(crate) async fn ensure_service(client: &Client, applied: &Applied, svc: Service) -> Result<u32, WriteError> {
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
+    let err = |e| WriteError::on("Service", &ns, &name)(e);
     let api: Api<Service> = Api::namespaced(client.clone(), &ns);
     let (svc, hash) = build::stamp(svc);
     if applied.service_hash(&ns, &name).as_ref() == Some(&hash) {
         return Ok(0);
     }
-    if let Some(cur) = api.get_opt(&name).await? {
+    if let Some(cur) = api.get_opt(&name).await.map_err(err)? {
         if cur.annotations().get(build::APPLIED_HASH) == Some(&hash) {
             return Ok(0);
         }
@@ -109,6 +128,6 @@ pub(crate) async fn ensure_service(client: &Client, applied: &Applied, svc: Serv
     let mut svc = svc;
     svc.metadata.managed_fields = None;
     let body = serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": svc.metadata, "spec": svc.spec});
-    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
+    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await.map_err(err)?;
     Ok(1)
 }

@@ -30,7 +30,7 @@ pub fn selector(release: &str, stage: &StageDesired) -> Option<BTreeMap<String, 
     Some(sel)
 }
 
-pub async fn apply(client: &Client, applied: &Applied, lr: &LocallRelease, stage: &StageDesired) -> Result<u32, kube::Error> {
+pub async fn apply(client: &Client, applied: &Applied, lr: &LocallRelease, stage: &StageDesired) -> Result<u32, super::WriteError> {
     let Some(sel) = selector(&lr.name_any(), stage) else { return Ok(0) };
     ensure_service(client, applied, build::service(lr, stage, &names::entry_service(&lr.name_any()), sel)).await
 }

@@ -176,7 +176,8 @@ impl Operator {
             std::fs::OpenOptions::new().create(true).append(true).open(c.dir.join(format!("logs/operator-{tag}.log"))).expect("log file");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_locall-operator"));
         cmd.env("KUBECONFIG", &c.kubeconfig)
-            .env("RUST_LOG", "info,kube=warn")
+            // LOCALL_OPERATOR_LOG overrides the operator's log filter when a test is debugged.
+            .env("RUST_LOG", std::env::var("LOCALL_OPERATOR_LOG").unwrap_or_else(|_| "info,kube=warn".into()))
             .args(["--metrics-addr", &format!("127.0.0.1:{port}"), "--release-selector", selector, "--log-format", "json"])
             .args(["--prometheus-url", &c.prometheus_url])
             .args(args)
@@ -240,10 +241,12 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A webhook receiver on loopback that records every JSON body POSTed to it.
+/// A webhook receiver on loopback that records every JSON body POSTed to it (with its
+/// `idempotency-key` header in `_key`); while `down` is set it answers 500 and records nothing.
 pub struct Receiver {
     pub url: String,
     pub received: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    pub down: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Receiver {
@@ -255,14 +258,22 @@ impl Receiver {
     pub async fn start_on(port: u16) -> Receiver {
         use axum::{routing::post, Router};
         let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let r = received.clone();
+        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (r, d) = (received.clone(), down.clone());
         let app = Router::new().route(
             "/hook",
-            post(move |body: String| {
-                let r = r.clone();
+            post(move |headers: axum::http::HeaderMap, body: String| {
+                let (r, d) = (r.clone(), d.clone());
                 async move {
-                    r.lock().unwrap().push(serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)));
-                    "ok"
+                    if d.load(std::sync::atomic::Ordering::SeqCst) {
+                        return (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "down");
+                    }
+                    let mut v = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
+                    if let (Some(o), Some(k)) = (v.as_object_mut(), headers.get("idempotency-key")) {
+                        o.insert("_key".into(), k.to_str().unwrap_or_default().into());
+                    }
+                    r.lock().unwrap().push(v);
+                    (axum::http::StatusCode::OK, "ok")
                 }
             }),
         );
@@ -271,7 +282,7 @@ impl Receiver {
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Receiver { url, received }
+        Receiver { url, received, down }
     }
 }
 

@@ -15,8 +15,10 @@ impl Tick<'_> {
         let cand_rev = &self.st.revision;
         // Only the spec of the release in flight may build its Deployment: while a rollback
         // finishes under a newer spec, the candidate is only scaled.
-        let from_spec = self.spec_is_current();
         let phase = self.st.phase;
+        // A failed candidate is only scaled, never built again: its template may be what the
+        // API server refused.
+        let from_spec = self.spec_is_current() && !matches!(phase, Phase::RollingBack | Phase::RolledBack | Phase::Failed);
         let succeeded = phase == Phase::Succeeded;
         // The stages reached but no longer in the spec stay: their traffic is still ours to manage.
         let list = crate::engine::stages_in_play(&self.current());

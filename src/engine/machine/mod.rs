@@ -86,6 +86,9 @@ pub fn decide(r: Release<'_>, obs: &Observed, now: DateTime<Utc>) -> Decision {
     if let Some(req) = obs.request.as_ref().filter(|q| q.id != t.st.handled_request && !q.id.is_empty()) {
         t.handle_request(req);
     }
+    if let Some(why) = obs.refused.as_ref().filter(|_| !t.st.phase.is_terminal()) {
+        t.fail(FailureReason::ChildRefused, why);
+    }
     let mut requeue = None;
     let rolling_back = t.st.phase == Phase::RollingBack;
     if !problems.is_empty() && !t.st.phase.is_terminal() && !rolling_back {
@@ -138,6 +141,8 @@ pub fn decide(r: Release<'_>, obs: &Observed, now: DateTime<Utc>) -> Decision {
         let c = conditions::upsert(&t.st.conditions, ANNOTATIONS_VALID, ok, reason, &obs.annotation_errors.join("; "), r.generation, now);
         conditions::set(&mut t.st.conditions, c);
     }
+    // What is announced is owed in the same status write as the change itself.
+    super::outbox::owe(&mut t.st, r.spec, &t.notify, now, &mut t.events);
     Decision { status: t.st, desired, jobs: t.jobs, events: t.events, notify: t.notify, requeue }
 }
 

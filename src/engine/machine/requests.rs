@@ -22,7 +22,12 @@ impl Tick<'_> {
         let sequence = self.st.sequence.saturating_add(1);
         let attempt = self.st.attempt;
         let same_revision = self.st.revision == revision;
+        // What the previous attempt still owes is delivered all the same.
+        let outbox = std::mem::take(&mut self.st.outbox);
+        let notices = self.st.notices;
         self.st = LocallReleaseStatus {
+            outbox,
+            notices,
             revision,
             candidate_version: version,
             stable,
