@@ -11,7 +11,7 @@
 use chrono::{DateTime, TimeZone, Utc};
 use locall_operator::{
     api::{self, FailureReason, JobKind, JobState, LocallReleaseSpec, LocallReleaseStatus, Phase, Request, Verdict},
-    engine::{decide, gates, Decision, Release},
+    engine::{decide, gates, Decision, Refusal, Release},
     plan::world::{self, Behaviour, JobEnd, World},
 };
 use proptest::{prelude::*, strategy::ValueTree};
@@ -261,20 +261,24 @@ struct Faults {
     ready: Vec<Option<u64>>,
     /// Whether the router refuses a route write, cycled.
     refuse: Vec<bool>,
+    /// Per tick, cycled: the API server refuses a child for good (400/422): 0 no, 1 a child a
+    /// spec edit can touch (a Service, the route, a hook's Job), 2 the candidate's Deployment.
+    refuse_child: Vec<u8>,
 }
 
 fn arb_faults(healthy: bool) -> BoxedStrategy<Faults> {
     if healthy {
         (prop::collection::vec((1u64..600, Just(0u8)), 1..4), prop::collection::vec((1u64..300).prop_map(Some), 1..4))
-            .prop_map(|(jobs, ready)| Faults { jobs, ready, refuse: vec![false] })
+            .prop_map(|(jobs, ready)| Faults { jobs, ready, refuse: vec![false], refuse_child: vec![0] })
             .boxed()
     } else {
         (
             prop::collection::vec((1u64..900, prop_oneof![12 => Just(0u8), 1 => Just(1), 1 => Just(2), 1 => Just(3)]), 1..6),
             prop::collection::vec(prop_oneof![8 => (1u64..900).prop_map(Some), 1 => Just(None)], 1..4),
             prop::collection::vec(prop::bool::weighted(0.15), 1..8),
+            prop::collection::vec(prop_oneof![40 => Just(0u8), 1 => Just(1), 1 => Just(2)], 1..40),
         )
-            .prop_map(|(jobs, ready, refuse)| Faults { jobs, ready, refuse })
+            .prop_map(|(jobs, ready, refuse, refuse_child)| Faults { jobs, ready, refuse, refuse_child })
             .boxed()
     }
 }
@@ -348,13 +352,25 @@ struct Run {
     trace: Vec<String>,
     /// Skip the per-tick invariants (the long healthy runs check their outcome only).
     fast: bool,
+    refuse_child: Vec<u8>,
 }
 
 impl Run {
     fn new(specs: Vec<LocallReleaseSpec>, faults: &Faults, approve: bool) -> Run {
         let metric = Arc::new(Mutex::new(Metric::Pass));
         let world = World::new(NAME, NS, t0(), behaviour(faults, metric.clone(), approve));
-        Run { specs, spec: 0, world, metric, status: LocallReleaseStatus::default(), request_seq: 0, ticks: 0, trace: vec![], fast: false }
+        Run {
+            specs,
+            spec: 0,
+            world,
+            metric,
+            status: LocallReleaseStatus::default(),
+            request_seq: 0,
+            ticks: 0,
+            trace: vec![],
+            fast: false,
+            refuse_child: faults.refuse_child.clone(),
+        }
     }
 
     /// One tick of the controller; checks every invariant. `lose`: the status write is lost.
@@ -377,7 +393,32 @@ impl Run {
             return Ok(d);
         }
         let prev = self.status.clone();
-        let d = decide(Release { name: NAME, namespace: NS, generation: Some(1), spec: &spec, status: &prev }, &obs, self.world.now);
+        let mut d = decide(Release { name: NAME, namespace: NS, generation: Some(1), spec: &spec, status: &prev }, &obs, self.world.now);
+        // The API server refuses a child of this decision for good: as the controller does, the
+        // engine decides again from the status it was carrying out, knowing it.
+        let refusal = self.refuse_child[self.ticks % self.refuse_child.len()];
+        if refusal > 0 && !d.status.phase.is_terminal() {
+            let mut obs2 = obs.clone();
+            obs2.refused = Some(Refusal { message: "the API server refused to apply a child".into(), candidate: refusal == 2 });
+            let first_d = d.clone();
+            let first = d.status.clone();
+            d = decide(Release { name: NAME, namespace: NS, generation: Some(1), spec: &spec, status: &first }, &obs2, self.world.now);
+            // The refused write came after the first decision's Jobs (created first) and carries
+            // its Events and notifications along, as the controller does.
+            d.jobs.splice(0..0, first_d.jobs);
+            d.events.splice(0..0, first_d.events);
+            d.notify.splice(0..0, first_d.notify);
+            // An edit's refusal never rolls back a release: it fails one that moved nothing, or
+            // holds it where it is.
+            if refusal == 1 && first.phase != Phase::RollingBack {
+                prop_assert!(
+                    d.status.phase != Phase::RollingBack,
+                    "a refused Service or Job rolled back {} from {}",
+                    first.candidate_version,
+                    first.phase
+                );
+            }
+        }
         // A refused route write ends the reconcile with an error: its status is not written.
         let applied = self.world.apply(&d, spec.traffic.method);
         let lose = !applied || lose;
@@ -396,7 +437,7 @@ impl Run {
             obs.traffic,
             obs.deployments.iter().map(|(k, d)| format!("{}/{}={}/{}", k.0, k.1, d.ready, d.replicas)).collect::<Vec<_>>(),
         ));
-        if self.trace.len() > 25 {
+        if self.trace.len() > 80 {
             self.trace.remove(0);
         }
         let stored = check(&spec, &prev, &d, &self.world, request, applied)
@@ -662,7 +703,7 @@ fn next_look(d: &Decision) -> Duration {
 }
 
 fn healthy() -> Faults {
-    Faults { jobs: vec![(30, 0)], ready: vec![Some(20)], refuse: vec![false] }
+    Faults { jobs: vec![(30, 0)], ready: vec![Some(20)], refuse: vec![false], refuse_child: vec![0] }
 }
 
 const API: &str = r#"

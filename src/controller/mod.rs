@@ -469,7 +469,7 @@ async fn advance(
 ) -> (LocallReleaseStatus, Result<Option<Duration>, Error>) {
     let router = Router::for_method(lr.spec.traffic.method);
     let mut status = original.clone();
-    let mut refused: Option<String> = None;
+    let mut refused: Option<engine::Refusal> = None;
     let mut refusals = 0;
     for pass in 1.. {
         let mut obs = match observe(ctx, lr, &status, router).await {
@@ -513,10 +513,12 @@ async fn advance(
                                 .retain(|ev| ev.reason != "JobCreated" || !gone.iter().any(|g| ev.message.contains(&format!("Job {g} "))));
                         }
                     }
+                    let own = format!("/{}", engine::names::deployment(&lr.name_any(), &decision.status.revision));
+                    let candidate = matches!(&e, Error::Act { object, .. } if object.starts_with("Deployment ") && object.ends_with(&own));
                     events.append(&mut decision.events);
                     notify.append(&mut decision.notify);
                     status = next;
-                    refused = Some(why);
+                    refused = Some(engine::Refusal { message: why, candidate });
                     continue;
                 }
                 _ => return (status, Err(e)),

@@ -50,9 +50,21 @@ pub struct Observed {
     pub measurements: BTreeMap<String, gates::Measurement>,
     /// `gates::Target::key()` of what was measured.
     pub measured_target: Option<String>,
-    /// The API server refused, for good (400/422), a child this status calls for: the message
-    /// names the object and the field. The release fails (and rolls back what had moved).
-    pub refused: Option<String>,
+    /// The API server refused, for good (400/422), a child this status calls for.
+    pub refused: Option<Refusal>,
+}
+
+/// A child the API server refused for good.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Refusal {
+    /// Names the object and, where there is one, the release's field.
+    pub message: String,
+    /// The object was the candidate's own Deployment: the new version cannot run as it is, so
+    /// the release fails (rolling back what had moved). Anything else (a Service, the route, a
+    /// hook's Job: what a spec edit can touch mid-flight) fails a release that moved nothing
+    /// yet, and holds one that did where it is, Stalled, until the spec is fixed: an edit never
+    /// rolls back a healthy release.
+    pub candidate: bool,
 }
 
 /// A Deployment's progress.
@@ -238,5 +250,27 @@ mod time_tests {
         let now = Utc::now();
         assert_eq!(super::now_plus(now, std::time::Duration::MAX), DateTime::<Utc>::MAX_UTC);
         assert_eq!(super::now_plus(DateTime::<Utc>::MAX_UTC, std::time::Duration::from_secs(1)), DateTime::<Utc>::MAX_UTC);
+    }
+}
+
+#[cfg(test)]
+mod held_tests {
+    use super::*;
+    use crate::api::{conditions, Phase};
+
+    #[test]
+    fn a_held_release_says_why_and_a_second_identical_problem_changes_nothing() {
+        let now = Utc::now();
+        let mut st = LocallReleaseStatus { phase: Phase::Succeeded, candidate_version: "1.0.0".into(), ..Default::default() };
+        st.conditions = conditions::for_phase(&[], Phase::Succeeded, "Succeeded", "1.0.0 released", Some(1), now);
+        let problem = "could not apply Deployment gone/api-1: namespaces \"gone\" not found";
+        let held = held(&st, problem, Some(2), now);
+        assert_eq!((held.phase, held.candidate_version.as_str()), (Phase::Succeeded, "1.0.0"), "nothing else changes");
+        let ready = held.conditions.iter().find(|c| c.type_ == conditions::READY).unwrap();
+        assert_eq!((ready.status.as_str(), ready.reason.as_str(), ready.message.as_str()), ("False", HELD, problem));
+        let reconciling = held.conditions.iter().find(|c| c.type_ == conditions::RECONCILING).unwrap();
+        assert_eq!(reconciling.status, "True");
+        // The next failing reconcile computes the same status: no write.
+        assert_eq!(super::held(&held, problem, Some(2), now + chrono::TimeDelta::seconds(30)), held);
     }
 }

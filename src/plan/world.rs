@@ -239,11 +239,15 @@ impl World {
             if old == route {
                 continue;
             }
-            // Traffic must only ever grow towards a revision whose Deployment is Ready.
+            // Traffic must only ever grow towards a revision whose Deployment is Ready: never
+            // taken from what served it, nor kept from a Ready revision. (A route that served
+            // nothing, all weights 0, loses no request when its only backend, unready, gets them.)
+            let is_ready = |rev: &str| self.deployments.get(&(s.namespace.clone(), dep_name(rev))).is_some_and(|(o, _)| o.ready > 0);
+            let served_before = old.backends.iter().any(|(_, w)| *w > 0);
             for (rev, w) in &route.backends {
                 if *w > old.weight_on(rev) {
-                    let ready = self.deployments.get(&(s.namespace.clone(), dep_name(rev))).is_some_and(|(o, _)| o.ready > 0);
-                    if !ready {
+                    let ready_elsewhere = route.backends.iter().any(|(r, _)| r != rev && is_ready(r));
+                    if !is_ready(rev) && (served_before || ready_elsewhere) {
                         self.violations.push(format!("traffic raised to {w}% on {rev} in {} whose Deployment is not Ready", s.namespace));
                     }
                 }

@@ -47,7 +47,10 @@ impl Tick<'_> {
                     stable_replicas: 0,
                     candidate_replicas: n,
                 };
-                stages.push(StageDesired { index, name, namespace, replicas: n, deployments: vec![candidate], traffic: Some(traffic) });
+                // With no Ready pod yet, the route is left as it is: whatever serves now (a
+                // version superseded mid-flight, not known to this status) keeps serving.
+                let traffic = (ready > 0).then_some(traffic);
+                stages.push(StageDesired { index, name, namespace, replicas: n, deployments: vec![candidate], traffic });
                 continue;
             }
             let current = name == self.st.stage && matches!(phase, Phase::Staging | Phase::Production);
@@ -67,9 +70,18 @@ impl Tick<'_> {
             // Nor is traffic moved back to a stable version with no Ready pod (deleted by hand
             // and not back yet): the candidate keeps what it has until the stable can take it.
             let stable_ready = stable.as_ref().map(|s| self.ready(&namespace, &s.revision));
-            let weight = match stable_ready {
-                Some(0) if reached => weight.max(self.obs.traffic.get(&namespace).copied().unwrap_or(0)),
-                _ => weight,
+            let (weight, cand_replicas) = match stable_ready {
+                Some(0) if reached => {
+                    let kept = weight.max(self.obs.traffic.get(&namespace).copied().unwrap_or(0));
+                    // With replica ratio the share is the replicas': the candidate keeps enough.
+                    let replicas = if kept > weight {
+                        cand_replicas.max(traffic::candidate_replicas(method, n, kept, stable.is_some()))
+                    } else {
+                        cand_replicas
+                    };
+                    (kept, replicas)
+                }
+                _ => (weight, cand_replicas),
             };
             let mut deployments = Vec::new();
             if let Some(s) = &stable {
@@ -83,7 +95,10 @@ impl Tick<'_> {
             if reached {
                 deployments.push(DeploymentDesired { replicas: cand_replicas, ..candidate });
             }
-            let traffic = (stable.is_some() || reached).then(|| TrafficTarget {
+            // Where the new version has not gone yet and the stable version has no Ready pod
+            // (deleted by hand, or never Ready after a revert), its traffic is left as it is
+            // until it has: never raised to pods that cannot serve.
+            let traffic = (reached || stable_ready.is_some_and(|r| r > 0)).then(|| TrafficTarget {
                 stable: stable.as_ref().map(|s| s.revision.clone()),
                 candidate: reached.then(|| cand_rev.clone()),
                 weight,

@@ -86,8 +86,15 @@ pub fn decide(r: Release<'_>, obs: &Observed, now: DateTime<Utc>) -> Decision {
     if let Some(req) = obs.request.as_ref().filter(|q| q.id != t.st.handled_request && !q.id.is_empty()) {
         t.handle_request(req);
     }
-    if let Some(why) = obs.refused.as_ref().filter(|_| !t.st.phase.is_terminal()) {
-        t.fail(FailureReason::ChildRefused, why);
+    if let Some(refusal) = obs.refused.as_ref().filter(|_| !t.st.phase.is_terminal()) {
+        if refusal.candidate || t.st.phase == Phase::RollingBack || !t.needs_undo() {
+            t.fail(FailureReason::ChildRefused, &refusal.message);
+        } else {
+            t.stalled = true;
+            t.reason = FailureReason::ChildRefused.as_str().into();
+            t.st.message = format!("holding {} where it is until the spec is fixed: {}", t.st.candidate_version, refusal.message);
+            t.await_until("a spec the API server accepts", None);
+        }
     }
     let mut requeue = None;
     let rolling_back = t.st.phase == Phase::RollingBack;
