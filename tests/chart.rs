@@ -105,7 +105,17 @@ fn renders_a_restricted_deployment_with_probes_and_args() {
     let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
     assert_eq!(
         args,
-        ["--metrics-addr", "0.0.0.0:8080", "--log-format", "json", "--leader-elect", "--lease-name", "locall-locall-operator"]
+        [
+            "--metrics-addr",
+            "0.0.0.0:8080",
+            "--log-format",
+            "json",
+            "--leader-elect",
+            "--lease-name",
+            "locall-locall-operator",
+            "--notify-retry-for",
+            "6h"
+        ]
     );
     let env = c["env"].as_array().unwrap();
     assert!(env.iter().any(|e| e["name"] == "POD_NAME" && e["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"), "{env:?}");
@@ -117,11 +127,18 @@ fn renders_a_restricted_deployment_with_probes_and_args() {
     let objs = render(
         "locall",
         "locall-system",
-        &["--set", "prometheusUrl=http://prom:9090,image.tag=9.9.9,image.pullPolicy=Always,resources.limits.memory=1Gi"],
+        &[
+            "--set",
+            "prometheusUrl=http://prom:9090,image.tag=9.9.9,image.pullPolicy=Always,resources.limits.memory=1Gi,notifyRetryFor=12h",
+            "--set",
+            "allowedProviderUrls={http://prom-a:9090,https://prom-b}",
+        ],
     );
     let c = &of_kind(&objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0];
     let args: Vec<&str> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
     assert!(args.windows(2).any(|w| w == ["--prometheus-url", "http://prom:9090"]), "{args:?}");
+    assert!(args.windows(2).any(|w| w == ["--notify-retry-for", "12h"]), "{args:?}");
+    assert!(args.windows(2).any(|w| w == ["--allowed-provider-urls", "http://prom-a:9090,https://prom-b"]), "{args:?}");
     assert_eq!(c["image"], "ghcr.io/locall/locall-operator:9.9.9");
     assert_eq!(c["imagePullPolicy"], "Always");
     assert_eq!(c["resources"]["limits"]["memory"], "1Gi");
@@ -277,8 +294,7 @@ async fn chart_rbac_is_enough_for_a_release_and_no_more() {
     install_crd().await;
     let ns = namespace(&client, "chart").await;
     let stg = format!("{ns}-stg");
-    let (ok, _, err) = kubectl(&["create", "namespace", &stg]);
-    assert!(ok, "{err}");
+    stage_namespace(&stg, &ns);
     for n in [&ns, &stg] {
         let (ok, _, err) = kubectl(&["-n", n, "create", "secret", "generic", "locall-db", "--from-literal=url=postgres://db"]);
         assert!(ok, "{err}");

@@ -89,8 +89,7 @@ async fn wait_status(
 async fn setup(client: &Client, prefix: &str, receiver: &Receiver) -> String {
     install_crd().await;
     let ns = namespace(client, prefix).await;
-    let (ok, _, err) = kubectl(&["create", "namespace", &format!("{ns}-stg")]);
-    assert!(ok, "{err}");
+    stage_namespace(&format!("{ns}-stg"), &ns);
     let (ok, _, err) = kubectl(&["-n", &ns, "create", "secret", "generic", "hooks", &format!("--from-literal=url={}", receiver.url)]);
     assert!(ok, "{err}");
     ns

@@ -133,8 +133,7 @@ async fn removing_the_current_stage_holds_with_a_condition_while_other_releases_
     let client = client().await;
     install_crd().await;
     let a = namespace(&client, "regr-stall").await;
-    let (ok, _, err) = kubectl(&["create", "namespace", &format!("{a}-stg")]);
-    assert!(ok, "{err}");
+    stage_namespace(&format!("{a}-stg"), &a);
     let b = namespace(&client, "regr-other").await;
     // An operator of its own: the test watches its process and its log.
     let label = format!("stall-{a}");

@@ -50,8 +50,7 @@ async fn setup(prefix: &str) -> (Client, String) {
     install_crd().await;
     let ns = namespace(&client, prefix).await;
     let stg = format!("{ns}-stg");
-    let (ok, _, err) = kubectl(&["create", "namespace", &stg]);
-    assert!(ok, "{err}");
+    stage_namespace(&stg, &ns);
     for n in [&ns, &stg] {
         let (ok, _, err) = kubectl(&["-n", n, "create", "secret", "generic", "locall-db", "--from-literal=url=postgres://db"]);
         assert!(ok, "{err}");

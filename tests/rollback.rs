@@ -59,8 +59,7 @@ async fn setup(prefix: &str, receiver: &Receiver) -> (Client, String) {
     let client = client().await;
     install_crd().await;
     let ns = namespace(&client, prefix).await;
-    let (ok, _, err) = kubectl(&["create", "namespace", &format!("{ns}-stg")]);
-    assert!(ok, "{err}");
+    stage_namespace(&format!("{ns}-stg"), &ns);
     let (ok, _, err) = kubectl(&[
         "-n",
         &ns,

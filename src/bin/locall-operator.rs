@@ -30,6 +30,11 @@ struct Args {
     /// it is given up with a Warning Event, e.g. `6h`.
     #[arg(long, env = "LOCALL_NOTIFY_RETRY_FOR", default_value = "6h")]
     notify_retry_for: locall_operator::api::Dur,
+    /// URL prefixes a release may name as its own Prometheus (`spec.analysis.prometheus`),
+    /// comma-separated; the operator's own --prometheus-url is always allowed. Anything else is
+    /// refused by preflight naming the field, and never called.
+    #[arg(long, env = "LOCALL_ALLOWED_PROVIDER_URLS", value_delimiter = ',')]
+    allowed_provider_urls: Vec<String>,
     /// Elect a leader through a Lease, so that several replicas are safe: only the holder acts.
     #[arg(long, env = "LOCALL_LEADER_ELECT")]
     leader_elect: bool,
@@ -102,6 +107,15 @@ async fn run() -> anyhow::Result<()> {
         prometheus_url: args.prometheus_url.clone(),
         concurrency: args.concurrency,
         notify_retry_for: args.notify_retry_for.get(),
+        policy: controller::preflight::Policy {
+            provider_urls: args
+                .allowed_provider_urls
+                .iter()
+                .cloned()
+                .chain(args.prometheus_url.clone())
+                .filter(|u| !u.is_empty())
+                .collect(),
+        },
     };
 
     if !args.leader_elect {

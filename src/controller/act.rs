@@ -24,6 +24,29 @@ pub async fn act(ctx: &Context, lr: &LocallRelease, d: &Decision, router: Router
         // The spec cannot be carried out as it stands: nothing is written until it is fixed.
         return Ok(0);
     }
+    // Nothing is written in a namespace that does not accept this release (a stage added or
+    // changed since preflight, or an opt-in withdrawn).
+    let release_ns = lr.namespace().unwrap_or_default();
+    let touched: BTreeSet<&str> = d
+        .desired
+        .stages
+        .iter()
+        .filter(|s| !s.deployments.is_empty() || s.traffic.is_some())
+        .map(|s| s.namespace.as_str())
+        .chain(d.jobs.iter().map(|j| j.record.namespace.as_str()))
+        .collect();
+    for ns in touched.into_iter().filter(|ns| *ns != release_ns) {
+        if !accepted(ctx, ns, &release_ns).await {
+            let field = (0..lr.spec.stages.len())
+                .find(|i| lr.spec.stage_namespace(*i, &release_ns) == ns)
+                .map(|i| format!("spec.stages[{i}].namespace: "))
+                .unwrap_or_default();
+            return Err(Error::NotAccepted(format!(
+                "{field}Namespace {ns} does not accept releases from namespace {release_ns} (its annotation {} must name it)",
+                super::preflight::ACCEPT
+            )));
+        }
+    }
     // Jobs first: their names are deterministic, so a Job that already exists is simply adopted.
     for j in &d.jobs {
         let api: Api<Job> = Api::namespaced(ctx.client.clone(), &j.record.namespace);
@@ -43,6 +66,21 @@ pub async fn act(ctx: &Context, lr: &LocallRelease, d: &Decision, router: Router
         remove_stale_services(ctx, lr, d).await?;
     }
     Ok(traffic_writes)
+}
+
+/// Whether namespace `ns` accepts releases from `from`: the watch cache says yes, or the API
+/// server confirms it (a cache behind a fresh opt-in never refuses).
+async fn accepted(ctx: &Context, ns: &str, from: &str) -> bool {
+    use kube::runtime::reflector::ObjectRef;
+    let cached = ctx.namespaces.get(&ObjectRef::new(ns));
+    if super::preflight::accepts(cached.as_ref().and_then(|n| n.metadata.annotations.as_ref()), from) {
+        return true;
+    }
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(ctx.client.clone());
+    match api.get_opt(ns).await {
+        Ok(Some(n)) => super::preflight::accepts(n.metadata.annotations.as_ref(), from),
+        _ => false,
+    }
 }
 
 /// Once a release ends, per-revision Services of versions no longer routed to are removed.

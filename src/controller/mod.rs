@@ -48,6 +48,10 @@ pub struct Context {
     pub fresh_read: std::sync::Mutex<std::collections::HashSet<ObjectRef<LocallRelease>>>,
     /// How long an owed notification is retried before it is given up.
     pub notify_retry_for: Duration,
+    /// What releases may ask of the operator beyond their namespace.
+    pub policy: preflight::Policy,
+    /// Namespaces' metadata (their opt-in annotations), kept by a watch.
+    pub namespaces: Store<kube::api::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>>,
     /// Failed reconciles in a row per release: the retry backoff (a hint, not state).
     pub failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<LocallRelease>, u32>>,
 }
@@ -63,6 +67,8 @@ pub struct Config {
     pub concurrency: u16,
     /// How long an owed notification is retried before it is given up (with an Event).
     pub notify_retry_for: Duration,
+    /// What releases may ask of the operator beyond their namespace (provider URLs).
+    pub policy: preflight::Policy,
 }
 
 /// Each step of a reconcile fails with its own variant, so an error says where it happened.
@@ -82,6 +88,9 @@ pub enum Error {
     Status(#[source] kube::Error),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// The release's spec would have the operator act in a namespace that does not accept it.
+    #[error("{0}")]
+    NotAccepted(String),
     /// The engine panicked on this release: a bug, reported and retried with backoff, and
     /// contained to this one release (the others go on being reconciled).
     #[error("engine: {0}")]
@@ -120,6 +129,9 @@ impl Error {
     /// Invalid): the message names the object and what the API server said, and, where the
     /// field maps to one, the release's own field.
     pub fn refusal(&self) -> Option<String> {
+        if let Error::NotAccepted(why) = self {
+            return Some(why.clone());
+        }
         let Error::Act { what, object, source: kube::Error::Api(e) } = self else { return None };
         if e.code != 400 && e.code != 422 {
             return None;
@@ -175,6 +187,7 @@ pub async fn run(
     let (deployments, dep_writer) = reflector::store::<Deployment>();
     let (jobs, job_writer) = reflector::store::<Job>();
     let applied = watch_applied(&client, &selector);
+    let namespaces = watch_namespaces(&client).await;
     // The caches keep only what observe and act read: no managedFields, no pod templates.
     let dep_stream = watcher(Api::<Deployment>::all(client.clone()), selector.clone())
         .modify(slim_deployment)
@@ -197,6 +210,8 @@ pub async fn run(
         fresh_read: Default::default(),
         failures: Default::default(),
         notify_retry_for: config.notify_retry_for,
+        policy: config.policy.clone(),
+        namespaces,
     });
     let releases = Api::<LocallRelease>::all(client.clone());
     let mut wc = watcher::Config::default().any_semantic();
@@ -267,6 +282,24 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
     fn reset(&mut self) {
         self.next = Self::MIN;
     }
+}
+
+/// A metadata-only watch cache of every Namespace: act reads their opt-in annotations from it
+/// (a refusal is confirmed with the API server first, so a cache behind never refuses).
+async fn watch_namespaces(client: &Client) -> Store<kube::api::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>> {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::PartialObjectMeta;
+    let (store, writer) = reflector::store::<PartialObjectMeta<Namespace>>();
+    let stream = watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default())
+        .modify(|m| m.managed_fields_mut().clear())
+        .backoff(WatchBackoff::default())
+        .reflect(writer);
+    tokio::spawn(stream.for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "Namespace metadata watch");
+        }
+    }));
+    store
 }
 
 /// Metadata-only watch caches of the operator's Services and HTTPRoutes, kept up to date in the
@@ -560,7 +593,7 @@ async fn observe(ctx: &Context, lr: &LocallRelease, status: &LocallReleaseStatus
     let revision = engine::candidate_revision(&lr.spec, status);
     let new_release = status.revision != revision;
     if new_release || matches!(status.phase, Phase::Pending | Phase::PreDeploy) {
-        obs.preflight = Some(preflight::run(&ctx.client, lr, Utc::now()).await.map_err(|e| Error::Observe("preflight", e))?);
+        obs.preflight = Some(preflight::run(&ctx.client, lr, Utc::now(), &ctx.policy).await.map_err(|e| Error::Observe("preflight", e))?);
     }
     if !status.phase.is_terminal() || new_release {
         let stable = status.stable.as_ref().map(|s| s.revision.clone()).filter(|s| *s != revision);
@@ -586,8 +619,18 @@ async fn observe(ctx: &Context, lr: &LocallRelease, status: &LocallReleaseStatus
     }
     // Metric gates: measure what is due for the current target.
     if let Some((t, due)) = engine::measurements_due(&r, Utc::now()) {
-        let url = lr.spec.analysis.as_ref().and_then(|a| a.prometheus.clone()).or_else(|| ctx.prometheus_url.clone()).unwrap_or_default();
-        obs.measurements = crate::metrics::measure(&url, &due).await;
+        let own = lr.spec.analysis.as_ref().and_then(|a| a.prometheus.clone());
+        obs.measurements = match own {
+            // A Prometheus edited in mid-flight is checked here too: the operator never calls a
+            // URL it was not allowed to (the gates see an error naming the field).
+            Some(url) if !ctx.policy.allows_provider(&url) => {
+                let why = format!("spec.analysis.prometheus: {} is not allowed by the operator", crate::notify::redact(&url));
+                due.iter()
+                    .map(|r| (r.metric.clone(), crate::engine::gates::Measurement { value: None, sample: None, error: Some(why.clone()) }))
+                    .collect()
+            }
+            own => crate::metrics::measure(&own.or_else(|| ctx.prometheus_url.clone()).unwrap_or_default(), &due).await,
+        };
         obs.measured_target = Some(t.key());
     }
     Ok(obs)

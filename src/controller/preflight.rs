@@ -1,5 +1,16 @@
-//! Preflight checks: stage namespaces exist, referenced Secrets and ConfigMaps exist with their keys in every stage
+//! Preflight checks: stage namespaces exist and accept the release, the pod template's
+//! ServiceAccount is one each namespace allows, a Prometheus the release names is one the
+//! operator allows, referenced Secrets and ConfigMaps exist with their keys in every stage
 //! namespace, and TLS certificates stay valid long enough. Each result names the spec field.
+//!
+//! Tenant safety: the operator can write anywhere, its users cannot. A release in namespace A
+//! may act in namespace B only when B says so (annotation [`ACCEPT`] naming A, or `*`): otherwise
+//! nothing is created there and nothing in B is read (no Secret, ConfigMap or certificate, so a
+//! release cannot learn what B holds). In a namespace other than its own, its pods (and its
+//! Jobs, which run under the same account) may name a ServiceAccount other than `default` only
+//! when that namespace lists it (annotation [`SERVICE_ACCOUNTS`]): accepting someone's releases
+//! is not lending them your accounts. In its own namespace a release may name any account there,
+//! as its owner could in a pod of their own.
 
 use crate::api::{CheckResult, LocallRelease};
 use chrono::{DateTime, Utc};
@@ -7,23 +18,84 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::{Api, Client, ResourceExt};
 use std::collections::BTreeSet;
 
+/// The annotation by which a namespace accepts releases from other namespaces: a
+/// comma-separated list of namespaces, or `*`.
+pub const ACCEPT: &str = "locall.io/accept-releases-from";
+/// The annotation listing the ServiceAccounts (comma-separated) that releases from other
+/// namespaces may run their pods under in this namespace.
+pub const SERVICE_ACCOUNTS: &str = "locall.io/service-accounts";
+
+/// What the operator's installer allows (flags and chart values).
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    /// URL prefixes a release may name as its own Prometheus (`spec.analysis.prometheus`).
+    pub provider_urls: Vec<String>,
+}
+
+impl Policy {
+    /// Whether a release may have the operator call `url`.
+    pub fn allows_provider(&self, url: &str) -> bool {
+        self.provider_urls.iter().any(|p| !p.is_empty() && url.starts_with(p.as_str()))
+    }
+}
+
+/// Whether a namespace's annotations accept releases from `from` (pure).
+pub fn accepts(annotations: Option<&std::collections::BTreeMap<String, String>>, from: &str) -> bool {
+    annotations.and_then(|a| a.get(ACCEPT)).is_some_and(|v| v.split(',').map(str::trim).any(|n| n == "*" || n == from))
+}
+
+/// Whether a namespace's annotations let foreign releases use ServiceAccount `sa` (pure).
+pub fn lends(annotations: Option<&std::collections::BTreeMap<String, String>>, sa: &str) -> bool {
+    annotations.and_then(|a| a.get(SERVICE_ACCOUNTS)).is_some_and(|v| v.split(',').map(str::trim).any(|n| n == sa))
+}
+
 /// Runs every check of the spec; API errors other than NotFound are returned as errors.
-pub async fn run(client: &Client, lr: &LocallRelease, now: DateTime<Utc>) -> Result<Vec<CheckResult>, kube::Error> {
+pub async fn run(client: &Client, lr: &LocallRelease, now: DateTime<Utc>, policy: &Policy) -> Result<Vec<CheckResult>, kube::Error> {
     let release_ns = lr.namespace().unwrap_or_default();
     let mut out = Vec::new();
-    // A stage in a namespace that does not exist could never be deployed.
+    if let Some(url) = lr.spec.analysis.as_ref().and_then(|a| a.prometheus.as_deref()) {
+        let shown = crate::notify::redact(url);
+        out.push(if policy.allows_provider(url) {
+            CheckResult { name: "Prometheus".into(), passed: true, message: format!("spec.analysis.prometheus: {shown} is allowed") }
+        } else {
+            CheckResult {
+                name: "Prometheus".into(),
+                passed: false,
+                message: format!(
+                    "spec.analysis.prometheus: {shown} is not among the Prometheus URLs the operator allows (--allowed-provider-urls); leave it out to use the operator's"
+                ),
+            }
+        });
+    }
+    let pod = lr.spec.template.spec.as_ref();
+    let account = pod.and_then(|p| p.service_account_name.clone().or_else(|| p.service_account.clone())).filter(|a| a != "default");
+    // A stage in a namespace that does not exist, or does not accept this release, is never
+    // deployed, nor is anything in it read.
     let all: Api<Namespace> = Api::all(client.clone());
     for (i, stage) in lr.spec.stages.iter().enumerate() {
         let Some(ns) = stage.namespace.as_deref().filter(|ns| *ns != release_ns) else { continue };
         let found = all.get_opt(ns).await?;
-        out.push(CheckResult {
-            name: format!("Namespace {ns}"),
-            passed: found.is_some(),
-            message: match found {
-                Some(_) => format!("spec.stages[{i}].namespace: Namespace {ns} exists"),
-                None => format!("spec.stages[{i}].namespace: Namespace {ns} not found"),
-            },
-        });
+        let annotations = found.as_ref().and_then(|n| n.metadata.annotations.as_ref());
+        let (passed, message) = match &found {
+            None => (false, format!("spec.stages[{i}].namespace: Namespace {ns} not found")),
+            Some(_) if !accepts(annotations, &release_ns) => (
+                false,
+                format!("spec.stages[{i}].namespace: Namespace {ns} does not accept releases from namespace {release_ns} (its annotation {ACCEPT} must name it)"),
+            ),
+            Some(_) => (true, format!("spec.stages[{i}].namespace: Namespace {ns} accepts releases from {release_ns}")),
+        };
+        out.push(CheckResult { name: format!("Namespace {ns}"), passed, message });
+        if let (true, Some(sa)) = (passed, &account) {
+            if !lends(annotations, sa) {
+                out.push(CheckResult {
+                    name: format!("ServiceAccount {ns}/{sa}"),
+                    passed: false,
+                    message: format!(
+                        "spec.template.spec.serviceAccountName: Namespace {ns} does not let releases from other namespaces run as ServiceAccount {sa} (its annotation {SERVICE_ACCOUNTS} must list it)"
+                    ),
+                });
+            }
+        }
     }
     if out.iter().any(|c| !c.passed) {
         return Ok(out);
@@ -108,4 +180,25 @@ pub fn cert_validity(pem: &[u8], now: DateTime<Utc>, min: chrono::Duration) -> R
         ));
     }
     Ok(format!("certificate valid until {} ({} days left)", not_after.format("%Y-%m-%d"), left.num_days()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn a_namespace_accepts_only_the_namespaces_it_names_and_lends_only_the_accounts_it_lists() {
+        let a = |v: &[(&str, &str)]| v.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>();
+        assert!(!accepts(None, "team-a"), "no annotation: nobody");
+        assert!(accepts(Some(&a(&[(ACCEPT, "team-b, team-a")])), "team-a"));
+        assert!(!accepts(Some(&a(&[(ACCEPT, "team-ab")])), "team-a"), "whole names only");
+        assert!(accepts(Some(&a(&[(ACCEPT, "*")])), "anyone"));
+        assert!(!lends(Some(&a(&[(ACCEPT, "*")])), "deployer"), "accepting releases lends no account");
+        assert!(lends(Some(&a(&[(SERVICE_ACCOUNTS, "app,deployer")])), "deployer"));
+        let p = Policy { provider_urls: vec!["http://prometheus.monitoring:9090".into()] };
+        assert!(p.allows_provider("http://prometheus.monitoring:9090/api"));
+        assert!(!p.allows_provider("http://169.254.169.254/latest"));
+        assert!(!Policy::default().allows_provider("http://anything"), "nothing allowed unless said");
+    }
 }

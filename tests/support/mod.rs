@@ -119,6 +119,16 @@ pub async fn prom_query(query: &str) -> Vec<(HashMap<String, String>, f64)> {
     res.data().as_vector().map(|v| v.iter().map(|s| (s.metric().clone(), s.sample().value())).collect()).unwrap_or_default()
 }
 
+/// Creates the stage namespace `name` for releases of namespace `from`: it opts in by its
+/// `locall.io/accept-releases-from` annotation (a namespace accepts no one else's releases
+/// unless it says so).
+pub fn stage_namespace(name: &str, from: &str) {
+    let (ok, _, err) = kubectl(&["create", "namespace", name]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = kubectl(&["annotate", "namespace", name, &format!("locall.io/accept-releases-from={from}")]);
+    assert!(ok, "{err}");
+}
+
 /// kubectl against the local cluster; returns (success, stdout, stderr).
 pub fn kubectl(args: &[&str]) -> (bool, String, String) {
     let out = Command::new("kubectl").arg("--kubeconfig").arg(&cluster().kubeconfig).args(args).output().expect("run kubectl");
