@@ -193,16 +193,7 @@ async fn another_teams_route_rule_survives_every_weight_change_and_the_rollback(
         (st.candidate_version == "3.0.0" && st.weight == 20 && st.step_started_at.is_some()).then_some(())
     })
     .await;
-    let (ok, _, err) = kubectl(&[
-        "-n",
-        &ns,
-        "annotate",
-        "--overwrite",
-        "lr",
-        "locall-api",
-        r#"locall.io/request={"action":"rollback","id":"r1","by":"oncall@locall.io"}"#,
-    ]);
-    assert!(ok, "{err}");
+    request(&ns, "rollback", "r1", "oncall@locall.io");
     wait_phase(&api, "3.0.0", Phase::RolledBack, 60).await;
     let r = routes.get("locall-api").await.unwrap();
     assert!(has_admin(&r), "the /admin rule survives the rollback: {:#}", r.data["spec"]["rules"]);
@@ -249,16 +240,7 @@ async fn a_rollback_notification_owed_while_the_receiver_is_down_arrives_once_ac
         (st.candidate_version == "2.0.0" && st.weight == 50 && st.step_started_at.is_some()).then_some(())
     })
     .await;
-    let (ok, _, err) = kubectl(&[
-        "-n",
-        &ns,
-        "annotate",
-        "--overwrite",
-        "lr",
-        "locall-api",
-        r#"locall.io/request={"action":"rollback","id":"r1","by":"oncall@locall.io"}"#,
-    ]);
-    assert!(ok, "{err}");
+    request(&ns, "rollback", "r1", "oncall@locall.io");
     wait_phase(&api, "2.0.0", Phase::RolledBack, 60).await;
     let down_since = Instant::now();
     // Owed, in status, and said in a condition naming the target.

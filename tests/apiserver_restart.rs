@@ -69,16 +69,7 @@ async fn a_release_survives_an_api_server_restart() {
     // How soon the operator acts again: a request made the moment the API server is back is
     // handled once its watches are back.
     let back = std::time::Instant::now();
-    let (ok, _, err) = kubectl(&[
-        "-n",
-        &ns,
-        "annotate",
-        "--overwrite",
-        "lr",
-        "locall-api",
-        r#"locall.io/request={"action":"resume","id":"after-restart","by":"test"}"#,
-    ]);
-    assert!(ok, "{err}");
+    request(&ns, "resume", "after-restart", "test");
     wait_for(Duration::from_secs(120), "the request handled after the restart", || async {
         api.get_opt("locall-api").await.ok()??.status.filter(|s| s.handled_request == "after-restart").map(|_| ())
     })

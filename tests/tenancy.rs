@@ -52,19 +52,6 @@ async fn nothing_of_ours_in(client: &Client, ns: &str) {
     assert!(Api::<Job>::namespaced(client.clone(), ns).list(&lp).await.unwrap().items.is_empty(), "no Job in {ns}");
 }
 
-fn retry(ns: &str, id: &str) {
-    let (ok, _, err) = kubectl(&[
-        "-n",
-        ns,
-        "annotate",
-        "--overwrite",
-        "lr",
-        "locall-api",
-        &format!(r#"locall.io/request={{"action":"retry","id":"{id}","by":"dev@locall.io"}}"#),
-    ]);
-    assert!(ok, "{err}");
-}
-
 #[tokio::test]
 async fn a_release_acts_only_in_namespaces_that_accept_it_and_only_as_accounts_they_lend() {
     shared_operator();
@@ -91,7 +78,7 @@ async fn a_release_acts_only_in_namespaces_that_accept_it_and_only_as_accounts_t
     // 2. It accepts releases from this namespace, but lends no account: Failed naming the field.
     let (ok, _, err) = kubectl(&["annotate", "namespace", &theirs, &format!("locall.io/accept-releases-from={ns}")]);
     assert!(ok, "{err}");
-    retry(&ns, "r1");
+    request(&ns, "retry", "r1", "dev@locall.io");
     wait_for(Duration::from_secs(30), "the retry to fail on the account", || async {
         let st = api.get_opt("locall-api").await.ok()??.status?;
         (st.phase == Phase::Failed && st.message.contains("spec.template.spec.serviceAccountName")).then_some(())
@@ -102,7 +89,7 @@ async fn a_release_acts_only_in_namespaces_that_accept_it_and_only_as_accounts_t
     // 3. It lends the account: the same release goes through.
     let (ok, _, err) = kubectl(&["annotate", "namespace", &theirs, "locall.io/service-accounts=deployer"]);
     assert!(ok, "{err}");
-    retry(&ns, "r2");
+    request(&ns, "retry", "r2", "dev@locall.io");
     wait_for(Duration::from_secs(120), "1.0.0 Succeeded", || async {
         let st = api.get_opt("locall-api").await.ok()??.status?;
         (st.phase == Phase::Succeeded).then_some(())
@@ -164,16 +151,7 @@ spec:
     .await;
     // Mid-flight (preflight is behind it): a later stage in someone else's namespace, then promote.
     apply_yaml(&client, &ns, &spec("2.0.0", &format!(", {{name: eu, namespace: {theirs}}}"))).await;
-    let (ok, _, err) = kubectl(&[
-        "-n",
-        &ns,
-        "annotate",
-        "--overwrite",
-        "lr",
-        "locall-api",
-        r#"locall.io/request={"action":"promote","id":"p1","by":"dev@locall.io"}"#,
-    ]);
-    assert!(ok, "{err}");
+    request(&ns, "promote", "p1", "dev@locall.io");
     let st = wait_for(Duration::from_secs(60), "a hold naming the stage's namespace", || async {
         let st = api.get_opt("locall-api").await.ok()??.status?;
         st.conditions

@@ -533,19 +533,10 @@ async fn advance(
                 Some(why) if !decision.status.phase.is_terminal() && refusals < 3 => {
                     refusals += 1;
                     warn!(problem = %why, "child refused");
-                    let mut next = decision.status.clone();
                     if let Error::Act { object, .. } = &e {
-                        // Jobs are created in order: the refused one and those after it do not
-                        // exist, and neither their records nor their Events may say otherwise.
-                        if let Some(i) = decision.jobs.iter().position(|j| object.ends_with(&format!("/{}", j.record.job_name))) {
-                            let gone: Vec<String> =
-                                decision.jobs[i..].iter().map(|j| format!("{}/{}", j.record.namespace, j.record.job_name)).collect();
-                            next.jobs.retain(|r| !gone.contains(&format!("{}/{}", r.namespace, r.job_name)));
-                            decision
-                                .events
-                                .retain(|ev| ev.reason != "JobCreated" || !gone.iter().any(|g| ev.message.contains(&format!("Job {g} "))));
-                        }
+                        decision.job_refused(object);
                     }
+                    let next = decision.status.clone();
                     let own = format!("/{}", engine::names::deployment(&lr.name_any(), &decision.status.revision));
                     let candidate = matches!(&e, Error::Act { object, .. } if object.starts_with("Deployment ") && object.ends_with(&own));
                     events.append(&mut decision.events);

@@ -166,6 +166,21 @@ pub const PROGRESS_DEADLINE: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 /// How long a created Job may stay invisible before it counts as missing.
 pub const JOB_MISSING_AFTER: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
+impl Decision {
+    /// The act carrying this decision out was refused at `object` (`Job ns/name`, or any other
+    /// object: then every Job was created, as Jobs come first). Jobs are created in order, so the
+    /// refused one and those after it do not exist: neither their records in status nor their
+    /// `JobCreated` Events may say otherwise.
+    pub fn job_refused(&mut self, object: &str) {
+        let Some(i) = self.jobs.iter().position(|j| object == format!("Job {}/{}", j.record.namespace, j.record.job_name)) else {
+            return;
+        };
+        let gone: Vec<String> = self.jobs.drain(i..).map(|j| format!("{}/{}", j.record.namespace, j.record.job_name)).collect();
+        self.status.jobs.retain(|r| !gone.contains(&format!("{}/{}", r.namespace, r.job_name)));
+        self.events.retain(|ev| ev.reason != "JobCreated" || !gone.iter().any(|g| ev.message.contains(&format!("Job {g} "))));
+    }
+}
+
 /// The `Ready` and `Reconciling` reason while the API server holds the release up.
 pub const HELD: &str = "ChildWriteFailed";
 

@@ -129,6 +129,14 @@ pub fn stage_namespace(name: &str, from: &str) {
     assert!(ok, "{err}");
 }
 
+/// Asks `locall-api` in `ns` for an on-demand action through its `locall.io/request`
+/// annotation, as `kubectl locall` would.
+pub fn request(ns: &str, action: &str, id: &str, by: &str) {
+    let value = format!(r#"locall.io/request={{"action":"{action}","id":"{id}","by":"{by}"}}"#);
+    let (ok, _, err) = kubectl(&["-n", ns, "annotate", "--overwrite", "lr", "locall-api", &value]);
+    assert!(ok, "request {action}: {err}");
+}
+
 /// kubectl against the local cluster; returns (success, stdout, stderr).
 pub fn kubectl(args: &[&str]) -> (bool, String, String) {
     let out = Command::new("kubectl").arg("--kubeconfig").arg(&cluster().kubeconfig).args(args).output().expect("run kubectl");
