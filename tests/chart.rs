@@ -458,3 +458,102 @@ fn audit_calls(user: &str) -> std::collections::BTreeSet<(String, String, String
     }
     out
 }
+
+/// Approvals signed by the API server: the chart's ValidatingAdmissionPolicy, applied to the
+/// local cluster (bound to this test's namespace only), refuses an approval recorded in someone
+/// else's name, in the annotation and in `spec.approvals`; a trusted GitOps identity may record
+/// one; `kubectl locall approve` fills in the caller's real identity.
+#[tokio::test]
+async fn approvals_are_signed_by_the_api_server() {
+    let client = client().await;
+    install_crd().await;
+    let ns = namespace(&client, "approvals").await;
+    let objs = render(
+        &format!("appr-{ns}"),
+        &ns,
+        &[
+            "--set-string",
+            // The API server sets this label when the namespace is created.
+            &format!(r"approvalPolicy.namespaceSelector.matchLabels.kubernetes\.io/metadata\.name={ns}"),
+            "--set",
+            "approvalPolicy.trustedIdentities={gitops-bot}",
+        ],
+    );
+    let policy: Vec<&Value> =
+        objs.iter().filter(|o| o["kind"].as_str().is_some_and(|k| k.starts_with("ValidatingAdmissionPolicy"))).collect();
+    assert_eq!(policy.len(), 2, "the policy and its binding");
+    apply_yaml(&client, &ns, &policy.iter().map(|o| serde_yaml::to_string(o).unwrap()).collect::<Vec<_>>().join("---\n")).await;
+    let release = format!(
+        r#"
+apiVersion: locall.io/v1alpha1
+kind: LocallRelease
+metadata: {{name: locall-api, namespace: {ns}, labels: {{locall.io/operator: none}}}}
+spec:
+  version: "1.0.0"
+  template: {{spec: {{containers: [{{name: api, image: "locall/api:1.0.0"}}]}}}}
+  stages: [{{name: production, approval: true}}]
+  traffic: {{method: ReplicaRatio}}
+"#
+    );
+    apply_yaml(&client, &ns, &release).await;
+    // alice and gitops-bot may edit LocallReleases here.
+    for (what, args) in [
+        ("role", vec!["create", "role", "lr-editor", "--verb=get,patch,update", "--resource=locallreleases.locall.io"]),
+        ("binding", vec!["create", "rolebinding", "lr-editors", "--role=lr-editor", "--user=alice", "--user=gitops-bot"]),
+    ] {
+        let mut a = vec!["-n", ns.as_str()];
+        a.extend(args);
+        let (ok, _, err) = kubectl(&a);
+        assert!(ok, "{what}: {err}");
+    }
+    let approve = |by: &str| format!(r#"locall.io/approve={{"by":"{by}","stage":"production","version":"1.0.0"}}"#);
+    let as_user = |user: &str, args: &[&str]| {
+        let mut a = vec!["-n", ns.as_str(), "--as", user];
+        a.extend_from_slice(args);
+        kubectl(&a)
+    };
+    // The policy takes effect within seconds of being created. Probed with server-side dry runs:
+    // an approval that got through before the policy was active would make every later identical
+    // write an unchanged annotation, which the policy rightly lets through.
+    let since = std::time::Instant::now();
+    let refused = wait_for(Duration::from_secs(30), "the policy to refuse alice approving as bob", || async {
+        let (ok, _, err) = as_user("alice", &["annotate", "--dry-run=server", "--overwrite", "lr", "locall-api", &approve("bob")]);
+        (!ok).then_some(err)
+    })
+    .await;
+    println!("the approval policy was enforced {:.1} s after it was created", since.elapsed().as_secs_f64());
+    let (ok, _, err) = as_user("alice", &["annotate", "--overwrite", "lr", "locall-api", &approve("bob")]);
+    assert!(!ok && err == refused, "{err}");
+    assert!(refused.contains(r#""by" must be "alice""#) && refused.contains("metadata.annotations[locall.io/approve]"), "{refused}");
+    let (ok, _, err) = as_user("alice", &["annotate", "--overwrite", "lr", "locall-api", &approve("alice")]);
+    assert!(ok, "alice approves as herself: {err}");
+    // spec.approvals: a new entry in someone else's name is refused; one's own is accepted.
+    let approvals = |by: &str| format!(r#"{{"spec":{{"approvals":[{{"stage":"production","version":"1.0.0","by":"{by}"}}]}}}}"#);
+    let (ok, _, err) = as_user("alice", &["patch", "lr", "locall-api", "--type=merge", "-p", &approvals("bob")]);
+    assert!(!ok && err.contains("spec.approvals") && err.contains(r#""alice""#), "{err}");
+    let (ok, _, err) = as_user("alice", &["patch", "lr", "locall-api", "--type=merge", "-p", &approvals("alice")]);
+    assert!(ok, "{err}");
+    // A trusted GitOps identity records approvals as written in git.
+    let (ok, _, err) = as_user("gitops-bot", &["patch", "lr", "locall-api", "--type=merge", "-p", &approvals("carol")]);
+    assert!(ok, "{err}");
+    // The plugin records the caller's identity, as the API server knows it (the admin here).
+    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-locall"))
+        .arg("--kubeconfig")
+        .arg(&cluster().kubeconfig)
+        .args(["-n", &ns, "approve", "locall-api", "--stage", "production"])
+        .env_remove("KUBECONFIG")
+        .env("USER", "somebody-else")
+        .output()
+        .expect("run kubectl-locall");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("by admin"), "{stdout}");
+    let lr: LocallRelease = Api::namespaced(client.clone(), &ns).get("locall-api").await.unwrap();
+    let value = &lr.metadata.annotations.unwrap()["locall.io/approve"];
+    assert!(value.contains(r#""by":"admin""#), "{value}");
+    // The policy is this test's: removed with it.
+    for o in &policy {
+        let kind = o["kind"].as_str().unwrap().to_lowercase();
+        let _ = kubectl(&["delete", &format!("{kind}.admissionregistration.k8s.io"), o["metadata"]["name"].as_str().unwrap()]);
+    }
+}

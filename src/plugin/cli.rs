@@ -59,7 +59,8 @@ pub enum Command {
         /// The stage (default: the stage the release is waiting in).
         #[arg(long)]
         stage: Option<String>,
-        /// Who approves (default: $USER, else the kubeconfig user).
+        /// Who approves. Default: the caller's identity as the API server authenticates it
+        /// (SelfSubjectReview), which is what the chart's approval policy requires.
         #[arg(long)]
         by: Option<String>,
     },
@@ -179,6 +180,14 @@ async fn fetch(api: &Api<LocallRelease>, ns: &str, name: &str) -> anyhow::Result
     }
 }
 
+/// The caller's username as the API server authenticates it (SelfSubjectReview), if it says.
+async fn whoami(client: &kube::Client) -> Option<String> {
+    use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+    let api: Api<SelfSubjectReview> = Api::all(client.clone());
+    let review = api.create(&kube::api::PostParams::default(), &SelfSubjectReview::default()).await.ok()?;
+    review.status?.user_info?.username.filter(|u| !u.is_empty())
+}
+
 fn who(by: Option<String>, t: &Target) -> String {
     by.filter(|b| !b.trim().is_empty()).unwrap_or_else(|| actions::default_by(std::env::var("USER").ok(), t.user.clone()))
 }
@@ -261,7 +270,10 @@ async fn run(cli: Cli) -> Result<i32, Exit> {
         Command::Approve { ref name, ref stage, ref by } => {
             let lr = fetch(&api, &ns, name).await?;
             let stage = actions::approve_stage(&lr, stage.as_deref()).map_err(|e| anyhow!(e))?;
-            let by = who(by.clone(), &t);
+            let by = match by.clone().filter(|b| !b.trim().is_empty()) {
+                Some(b) => b,
+                None => whoami(&t.client).await.unwrap_or_else(|| who(None, &t)),
+            };
             let patch = actions::approve_patch(&stage, &lr.spec.version, &by);
             api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
