@@ -379,6 +379,21 @@ fn cases() -> Vec<Case> {
             path: "spec.approvals[0].by",
         },
         Case {
+            what: "approvers on a stage without approval",
+            edit: |v| set(v, "/spec/stages/0/approvers", json!({"required": 2})),
+            path: "spec.stages[0].approvers",
+        },
+        Case {
+            what: "six approvers required",
+            edit: |v| set(v, "/spec/stages/1/approvers", json!({"required": 6})),
+            path: "spec.stages[1].approvers.required",
+        },
+        Case {
+            what: "an empty approver group",
+            edit: |v| set(v, "/spec/stages/1/approvers", json!({"groups": [""]})),
+            path: "spec.stages[1].approvers.groups[0]",
+        },
+        Case {
             what: "duplicate verify Job names",
             edit: |v| set(v, "/spec/stages/0/verify", json!([{"name": "e2e"}, {"name": "e2e"}])),
             path: "spec.stages[0].verify[1]",

@@ -459,10 +459,12 @@ fn audit_calls(user: &str) -> std::collections::BTreeSet<(String, String, String
     out
 }
 
-/// Approvals signed by the API server: the chart's ValidatingAdmissionPolicy, applied to the
-/// local cluster (bound to this test's namespace only), refuses an approval recorded in someone
-/// else's name, in the annotation and in `spec.approvals`; a trusted GitOps identity may record
-/// one; `kubectl locall approve` fills in the caller's real identity.
+/// Approvals signed by the API server: the chart's admission policies, applied to the local
+/// cluster (bound to this test's namespace only), refuse an approval recorded in someone else's
+/// name (annotation and `spec.approvals`), an approver outside the stage's groups, a request
+/// signed for someone else, an edit lowering a stage's approval requirement and a forged
+/// requested-by; a trusted GitOps identity may record approvals as in git; the API server
+/// records who changed the version; `kubectl locall approve` fills in the caller's identity.
 #[tokio::test]
 async fn approvals_are_signed_by_the_api_server() {
     let client = client().await;
@@ -477,11 +479,18 @@ async fn approvals_are_signed_by_the_api_server() {
             &format!(r"approvalPolicy.namespaceSelector.matchLabels.kubernetes\.io/metadata\.name={ns}"),
             "--set",
             "approvalPolicy.trustedIdentities={gitops-bot}",
+            // The local cluster serves MutatingAdmissionPolicy (beta, enabled by tests/cluster/up).
+            "--api-versions",
+            "admissionregistration.k8s.io/v1beta1/MutatingAdmissionPolicy",
         ],
     );
-    let policy: Vec<&Value> =
-        objs.iter().filter(|o| o["kind"].as_str().is_some_and(|k| k.starts_with("ValidatingAdmissionPolicy"))).collect();
-    assert_eq!(policy.len(), 2, "the policy and its binding");
+    let policy: Vec<&Value> = objs
+        .iter()
+        .filter(|o| {
+            o["kind"].as_str().is_some_and(|k| k.starts_with("ValidatingAdmissionPolicy") || k.starts_with("MutatingAdmissionPolicy"))
+        })
+        .collect();
+    assert_eq!(policy.len(), 4, "the validating and the mutating policy, with their bindings");
     apply_yaml(&client, &ns, &policy.iter().map(|o| serde_yaml::to_string(o).unwrap()).collect::<Vec<_>>().join("---\n")).await;
     let release = format!(
         r#"
@@ -491,56 +500,114 @@ metadata: {{name: locall-api, namespace: {ns}, labels: {{locall.io/operator: non
 spec:
   version: "1.0.0"
   template: {{spec: {{containers: [{{name: api, image: "locall/api:1.0.0"}}]}}}}
-  stages: [{{name: production, approval: true}}]
+  stages:
+  - {{name: staging, namespace: {ns}-stg, approval: true}}
+  - {{name: production, approval: true, approvers: {{required: 2, groups: [release-managers]}}}}
   traffic: {{method: ReplicaRatio}}
 "#
     );
     apply_yaml(&client, &ns, &release).await;
-    // alice and gitops-bot may edit LocallReleases here.
+    // alice, carol and gitops-bot may edit LocallReleases here.
     for (what, args) in [
         ("role", vec!["create", "role", "lr-editor", "--verb=get,patch,update", "--resource=locallreleases.locall.io"]),
-        ("binding", vec!["create", "rolebinding", "lr-editors", "--role=lr-editor", "--user=alice", "--user=gitops-bot"]),
+        ("binding", vec!["create", "rolebinding", "lr-editors", "--role=lr-editor", "--user=alice", "--user=carol", "--user=gitops-bot"]),
     ] {
         let mut a = vec!["-n", ns.as_str()];
         a.extend(args);
         let (ok, _, err) = kubectl(&a);
         assert!(ok, "{what}: {err}");
     }
-    let approve = |by: &str| format!(r#"locall.io/approve={{"by":"{by}","stage":"production","version":"1.0.0"}}"#);
-    let as_user = |user: &str, args: &[&str]| {
+    let approve = |by: &str, stage: &str| format!(r#"locall.io/approve={{"by":"{by}","stage":"{stage}","version":"1.0.0"}}"#);
+    let as_user = |user: &str, groups: &[&str], args: &[&str]| {
         let mut a = vec!["-n", ns.as_str(), "--as", user];
+        for g in groups {
+            a.extend(["--as-group", g]);
+        }
         a.extend_from_slice(args);
         kubectl(&a)
     };
+    let annotate =
+        |user: &str, groups: &[&str], value: &str| as_user(user, groups, &["annotate", "--overwrite", "lr", "locall-api", value]);
     // The policy takes effect within seconds of being created. Probed with server-side dry runs:
     // an approval that got through before the policy was active would make every later identical
     // write an unchanged annotation, which the policy rightly lets through.
     let since = std::time::Instant::now();
     let refused = wait_for(Duration::from_secs(30), "the policy to refuse alice approving as bob", || async {
-        let (ok, _, err) = as_user("alice", &["annotate", "--dry-run=server", "--overwrite", "lr", "locall-api", &approve("bob")]);
+        let (ok, _, err) =
+            as_user("alice", &[], &["annotate", "--dry-run=server", "--overwrite", "lr", "locall-api", &approve("bob", "staging")]);
         (!ok).then_some(err)
     })
     .await;
     println!("the approval policy was enforced {:.1} s after it was created", since.elapsed().as_secs_f64());
-    let (ok, _, err) = as_user("alice", &["annotate", "--overwrite", "lr", "locall-api", &approve("bob")]);
+    let (ok, _, err) = annotate("alice", &[], &approve("bob", "staging"));
     assert!(!ok && err == refused, "{err}");
     assert!(refused.contains(r#""by" must be "alice""#) && refused.contains("metadata.annotations[locall.io/approve]"), "{refused}");
-    let (ok, _, err) = as_user("alice", &["annotate", "--overwrite", "lr", "locall-api", &approve("alice")]);
-    assert!(ok, "alice approves as herself: {err}");
-    // spec.approvals: a new entry in someone else's name is refused; one's own is accepted.
-    let approvals = |by: &str| format!(r#"{{"spec":{{"approvals":[{{"stage":"production","version":"1.0.0","by":"{by}"}}]}}}}"#);
-    let (ok, _, err) = as_user("alice", &["patch", "lr", "locall-api", "--type=merge", "-p", &approvals("bob")]);
+    // Not the exact form the plugin writes (a second "by", spaces): refused too.
+    let (ok, _, err) = annotate("alice", &[], r#"locall.io/approve={"by" : "bob", "stage":"staging","version":"1.0.0"}"#);
+    assert!(!ok && err.contains(r#""by" must be "alice""#), "{err}");
+    let (ok, _, err) = annotate("alice", &[], &approve("alice", "staging"));
+    assert!(ok, "alice approves staging as herself: {err}");
+    // production names its approvers' group: alice outside it is refused, inside it accepted.
+    let (ok, _, err) = annotate("alice", &[], &approve("alice", "production"));
+    assert!(!ok && err.contains("none of the groups") && err.contains("production: release-managers"), "{err}");
+    let (ok, _, err) = annotate("alice", &["release-managers"], &approve("alice", "production"));
+    assert!(ok, "alice in release-managers approves production: {err}");
+    // spec.approvals: a new entry in someone else's name is refused, one's own accepted, and the
+    // stage's groups hold there too.
+    let approvals = |entries: &[(&str, &str)]| {
+        let list: Vec<String> =
+            entries.iter().map(|(stage, by)| format!(r#"{{"stage":"{stage}","version":"1.0.0","by":"{by}"}}"#)).collect();
+        format!(r#"{{"spec":{{"approvals":[{}]}}}}"#, list.join(","))
+    };
+    let patch = |user: &str, groups: &[&str], p: &str| as_user(user, groups, &["patch", "lr", "locall-api", "--type=merge", "-p", p]);
+    let (ok, _, err) = patch("alice", &[], &approvals(&[("staging", "bob")]));
     assert!(!ok && err.contains("spec.approvals") && err.contains(r#""alice""#), "{err}");
-    let (ok, _, err) = as_user("alice", &["patch", "lr", "locall-api", "--type=merge", "-p", &approvals("alice")]);
+    let (ok, _, err) = patch("carol", &[], &approvals(&[("production", "carol")]));
+    assert!(!ok && err.contains("spec.approvals") && err.contains("approvers.groups"), "carol is not a release manager: {err}");
+    let (ok, _, err) = patch("carol", &["release-managers"], &approvals(&[("production", "carol")]));
     assert!(ok, "{err}");
     // A trusted GitOps identity records approvals as written in git.
-    let (ok, _, err) = as_user("gitops-bot", &["patch", "lr", "locall-api", "--type=merge", "-p", &approvals("carol")]);
+    let (ok, _, err) = patch("gitops-bot", &[], &approvals(&[("production", "carol"), ("production", "dave")]));
     assert!(ok, "{err}");
+    // Requests (rollback, retry, promote, abort) are signed by their maker too.
+    let request = |by: &str| format!(r#"locall.io/request={{"action":"promote","by":"{by}","id":"r-{by}"}}"#);
+    let (ok, _, err) = annotate("alice", &[], &request("bob"));
+    assert!(!ok && err.contains("metadata.annotations[locall.io/request]"), "{err}");
+    let (ok, _, err) = annotate("alice", &[], &request("alice"));
+    assert!(ok, "{err}");
+    // Lowering a stage's approval requirement is not for a namespace editor; git may.
+    let stages = |required: u8| {
+        format!(
+            r#"{{"spec":{{"stages":[{{"name":"staging","namespace":"{ns}-stg","approval":true}},{{"name":"production","approval":true,"approvers":{{"required":{required},"groups":["release-managers"]}}}}]}}}}"#
+        )
+    };
+    let (ok, _, err) = patch("alice", &["release-managers"], &stages(1));
+    assert!(!ok && err.contains("spec.stages: lowering"), "{err}");
+    let (ok, _, err) = patch("alice", &[], &stages(3));
+    assert!(ok, "raising it is fine: {err}");
+    let (ok, _, err) = patch("gitops-bot", &[], &stages(2));
+    assert!(ok, "{err}");
+    // The API server records who changed the version; nobody can write it for someone else.
+    let (ok, _, err) = patch("alice", &[], r#"{"spec":{"version":"1.1.0"}}"#);
+    assert!(ok, "{err}");
+    let lr: LocallRelease = Api::namespaced(client.clone(), &ns).get("locall-api").await.unwrap();
+    let a = lr.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        (a.get("locall.io/requested-by").map(String::as_str), a.get("locall.io/requested-version").map(String::as_str)),
+        (Some("alice"), Some("1.1.0"))
+    );
+    let (ok, _, err) = patch("carol", &[], r#"{"metadata":{"annotations":{"locall.io/requested-by":"bob"}}}"#);
+    assert!(!ok && err.contains("metadata.annotations[locall.io/requested-by]"), "{err}");
+    let (ok, _, err) = patch("carol", &[], r#"{"spec":{"version":"1.2.0"},"metadata":{"annotations":{"locall.io/requested-by":"alice"}}}"#);
+    assert!(ok, "{err}");
+    let lr: LocallRelease = Api::namespaced(client.clone(), &ns).get("locall-api").await.unwrap();
+    let a = lr.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(a.get("locall.io/requested-by").map(String::as_str), Some("carol"), "the API server writes who really changed it");
     // The plugin records the caller's identity, as the API server knows it (the admin here).
     let out = Command::new(env!("CARGO_BIN_EXE_kubectl-locall"))
         .arg("--kubeconfig")
         .arg(&cluster().kubeconfig)
-        .args(["-n", &ns, "approve", "locall-api", "--stage", "production"])
+        .args(["-n", &ns, "approve", "locall-api", "--stage", "staging"])
         .env_remove("KUBECONFIG")
         .env("USER", "somebody-else")
         .output()
@@ -550,8 +617,8 @@ spec:
     assert!(stdout.contains("by admin"), "{stdout}");
     let lr: LocallRelease = Api::namespaced(client.clone(), &ns).get("locall-api").await.unwrap();
     let value = &lr.metadata.annotations.unwrap()["locall.io/approve"];
-    assert!(value.contains(r#""by":"admin""#), "{value}");
-    // The policy is this test's: removed with it.
+    assert_eq!(value, r#"{"by":"admin","stage":"staging","version":"1.2.0"}"#);
+    // The policies are this test's: removed with it.
     for o in &policy {
         let kind = o["kind"].as_str().unwrap().to_lowercase();
         let _ = kubectl(&["delete", &format!("{kind}.admissionregistration.k8s.io"), o["metadata"]["name"].as_str().unwrap()]);

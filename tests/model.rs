@@ -46,6 +46,7 @@ struct StageParams {
     name: &'static str,
     own_namespace: bool,
     approval: bool,
+    approvers: u8,
     verify: u8,
     steps: Vec<(i32, Option<u64>)>,
     replicas: i32,
@@ -74,9 +75,17 @@ fn arb_steps() -> impl Strategy<Value = Vec<(i32, Option<u64>)>> {
 }
 
 fn arb_stage(i: usize) -> impl Strategy<Value = StageParams> {
-    (any::<bool>(), prop::bool::weighted(0.3), 0u8..=2, arb_steps(), 1i32..=3).prop_map(move |(own, approval, verify, steps, replicas)| {
-        StageParams { name: STAGE_NAMES[i], own_namespace: own || i > 0, approval, verify, steps, replicas }
-    })
+    (any::<bool>(), prop::bool::weighted(0.3), 0u8..=2, arb_steps(), 1i32..=3, 1u8..=2).prop_map(
+        move |(own, approval, verify, steps, replicas, approvers)| StageParams {
+            name: STAGE_NAMES[i],
+            own_namespace: own || i > 0,
+            approval,
+            approvers,
+            verify,
+            steps,
+            replicas,
+        },
+    )
 }
 
 fn arb_spec() -> impl Strategy<Value = SpecParams> {
@@ -128,6 +137,9 @@ fn build(p: &SpecParams) -> LocallReleaseSpec {
         .iter()
         .map(|s| {
             let mut v = json!({"name": s.name, "replicas": s.replicas, "approval": s.approval});
+            if s.approval && s.approvers > 1 {
+                v["approvers"] = json!({"required": s.approvers, "groups": ["release-managers"]});
+            }
             if s.own_namespace {
                 v["namespace"] = json!(format!("ns-{}", s.name));
             }
@@ -191,8 +203,17 @@ fn build(p: &SpecParams) -> LocallReleaseSpec {
         spec["rollback"] = json!({"verify": [job("smoke".into())]});
     }
     if p.approve_in_spec {
-        let approvals: Vec<Value> =
-            p.stages.iter().filter(|s| s.approval).map(|s| json!({"stage": s.name, "version": version, "by": "alice"})).collect();
+        let approvals: Vec<Value> = p
+            .stages
+            .iter()
+            .filter(|s| s.approval)
+            .flat_map(|s| {
+                ["alice", "bob"][..s.approvers as usize]
+                    .iter()
+                    .map(|by| json!({"stage": s.name, "version": version, "by": by}))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         spec["approvals"] = Value::Array(approvals);
     }
     serde_json::from_value(spec).expect("generated spec parses")
@@ -482,6 +503,16 @@ fn check(
     // Every wait says on what.
     if !st.phase.is_terminal() {
         prop_assert!(st.wait.is_some(), "a release in {} waits on nothing ({})", st.phase, ctx());
+    }
+    // A stage that needs approval starts only with its required number of distinct approvers.
+    let same = prev.sequence == st.sequence && prev.revision == st.revision;
+    if same && prev.phase == Phase::AwaitingApproval && matches!(st.phase, Phase::Staging | Phase::Production) {
+        if let Some(stage) = spec.stages.iter().find(|s| s.name == st.stage && s.approval) {
+            let required = stage.approvers.as_ref().map_or(1, |a| a.required as usize);
+            let by: std::collections::BTreeSet<&str> =
+                st.approvals.iter().filter(|a| a.stage == stage.name).map(|a| a.by.as_str()).collect();
+            prop_assert!(by.len() >= required, "stage {} started with approvers {:?} of {} required", stage.name, by, required);
+        }
     }
     // Restores: only with the backup of the attempt that migrated, once.
     for j in d.jobs.iter().filter(|j| j.record.kind == JobKind::Restore) {

@@ -31,6 +31,10 @@ pub mod labels {
     pub const JOB_KIND: &str = "locall.io/job-kind";
     /// Annotation granting an approval: `{"stage":"production","version":"2.0.0","by":"alice"}`.
     pub const APPROVE: &str = "locall.io/approve";
+    /// Annotations the chart's admission policy sets when `spec.version` changes: the
+    /// authenticated user who changed it, and the version they changed it to.
+    pub const REQUESTED_BY: &str = "locall.io/requested-by";
+    pub const REQUESTED_VERSION: &str = "locall.io/requested-version";
     /// Annotation carrying an imperative request, handled once per id:
     /// `{"action":"rollback","id":"<unique>","by":"alice"}`; actions: rollback, abort, retry,
     /// pause, resume, promote, promote-full.

@@ -273,6 +273,7 @@ pub struct JobTemplate {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.steps) || self.steps.size() == 0 || self.steps[self.steps.size() - 1].weight == 100").message("the last step's weight must be 100").field_path(".steps"))]
 #[x_kube(validation = Rule::new("!has(self.steps) || self.steps.size() < 2 || self.steps.all(s, self.steps.filter(t, t.weight == s.weight).size() == 1)").message("step weights must not repeat").field_path(".steps"))]
+#[x_kube(validation = Rule::new("!has(self.approvers) || self.approval").message("approvers: set approval: true as well").field_path(".approvers"))]
 pub struct Stage {
     /// Stage name, unique in the release: staging, production, ... Lowercase words joined by
     /// single hyphens (part of Job names).
@@ -290,6 +291,10 @@ pub struct Stage {
     /// Whether the stage waits for a recorded approval before it starts.
     #[serde(default)]
     pub approval: bool,
+    /// Who may approve the stage and how many of them (needs `approval: true`). Group
+    /// membership is checked by the API server through the chart's approval policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approvers: Option<Approvers>,
     /// Jobs that verify the stage once the new version is deployed there (e.g. the e2e suite),
     /// run in order before traffic moves. Names unique.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -356,6 +361,25 @@ pub struct GatewayRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
     pub namespace: Option<String>,
+}
+
+/// Who may approve a stage.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Approvers {
+    /// Distinct approvers needed before the stage starts (default 1).
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 5))]
+    pub required: u8,
+    /// The groups (as the API server authenticates them) whose members may approve; any
+    /// authenticated user when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10), inner(length(min = 1, max = 253)))]
+    pub groups: Vec<String>,
+}
+
+fn one() -> u8 {
+    1
 }
 
 /// An approval recorded in git for one stage of one version.

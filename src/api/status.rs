@@ -67,6 +67,11 @@ pub struct LocallReleaseStatus {
     /// Every Job this release ran, with its outcome and reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jobs: Vec<JobRecord>,
+    /// Who changed `spec.version` to the candidate version, as the API server authenticated
+    /// them: from the `locall.io/requested-by` annotation the chart's admission policy sets.
+    /// Absent where the API server could not tell (no policy, or written for another version).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_by: Option<String>,
     /// Approvals recorded for this release.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approvals: Vec<ApprovalRecord>,

@@ -42,6 +42,9 @@ pub struct Observed {
     pub traffic: BTreeMap<String, i32>,
     /// The approval granted through the `locall.io/approve` annotation, if any.
     pub annotation_approval: Option<Approval>,
+    /// Who changed `spec.version`, and to what, per the annotations the API server's admission
+    /// policy sets (`locall.io/requested-by`, `locall.io/requested-version`).
+    pub requested: Option<(String, String)>,
     /// The imperative request in the `locall.io/request` annotation, if any.
     pub request: Option<crate::api::Request>,
     /// Problems with the operator's annotations (each message names the annotation).

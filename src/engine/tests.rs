@@ -239,6 +239,32 @@ fn waits_for_approval_then_records_who_and_when() {
 }
 
 #[test]
+fn a_stage_needing_two_approvers_waits_for_two_distinct_people() {
+    let (mut w, mut st, mut now) = released_v1();
+    let mut s = v2("gateway");
+    s.approvals.clear();
+    s.stages[1].approvers = Some(crate::api::Approvers { required: 2, groups: vec!["release-managers".into()] });
+    run(&mut w, &s, &mut st, &mut now, 100);
+    assert_eq!(st.phase, Phase::AwaitingApproval);
+    w.obs.annotation_approval = Some(Approval { stage: "production".into(), version: "2.0.0".into(), by: "bob".into() });
+    run(&mut w, &s, &mut st, &mut now, 5);
+    assert_eq!(st.phase, Phase::AwaitingApproval, "one approver of two");
+    let wait = st.wait.as_ref().expect("wait");
+    assert!(wait.awaiting.contains("by 1 more (approved by bob)"), "{}", wait.awaiting);
+    // bob again (the annotation rewritten, or also in git) does not count twice.
+    s.approvals.push(Approval { stage: "production".into(), version: "2.0.0".into(), by: "bob".into() });
+    run(&mut w, &s, &mut st, &mut now, 5);
+    assert_eq!(st.phase, Phase::AwaitingApproval, "bob twice is one approver");
+    assert_eq!(st.approvals.len(), 1);
+    assert!(w.weights.get("prod").is_none_or(|h| h.iter().all(|&x| x == 0)), "no production traffic before two approvals");
+    w.obs.annotation_approval = Some(Approval { stage: "production".into(), version: "2.0.0".into(), by: "carol".into() });
+    run(&mut w, &s, &mut st, &mut now, 200);
+    assert_eq!(st.phase, Phase::Succeeded, "{}", st.message);
+    let by: Vec<_> = st.approvals.iter().map(|a| (a.by.as_str(), a.source.as_str())).collect();
+    assert_eq!(by, vec![("bob", "annotation"), ("carol", "annotation")]);
+}
+
+#[test]
 fn restarting_from_status_alone_creates_no_job_twice() {
     // Every tick starts from the last written status and a fresh observation: a restart is just that.
     let (mut w, mut st, mut now) = released_v1();
@@ -530,4 +556,25 @@ fn promote_full_goes_straight_to_100_and_past_the_windows() {
     run_measured(&mut w, &s, &mut st, &mut now, 50, &|_, _| Some(0.001));
     assert_eq!(st.phase, Phase::Succeeded);
     assert!(now - start < chrono::Duration::minutes(2), "no pauses, no windows");
+}
+
+#[test]
+fn who_asked_is_recorded_only_for_the_version_the_api_server_saw_them_ask_for() {
+    // The annotation names an earlier version (left from 1.0.0, e.g. the policy is not installed
+    // any more): nobody is claimed to have asked for 2.0.0.
+    let (mut w, mut st, mut now) = released_v1();
+    w.obs.requested = Some(("alice".into(), "1.0.0".into()));
+    run(&mut w, &v2("replicas"), &mut st, &mut now, 2);
+    assert_eq!(st.candidate_version, "2.0.0");
+    assert_eq!(st.requested_by, None);
+    // Set for 2.0.0 by the API server: recorded for that attempt, and a later version is
+    // not credited to them.
+    let (mut w, mut st, mut now) = released_v1();
+    w.obs.requested = Some(("bob".into(), "2.0.0".into()));
+    run(&mut w, &v2("replicas"), &mut st, &mut now, 200);
+    assert_eq!(st.phase, Phase::Succeeded);
+    assert_eq!(st.requested_by.as_deref(), Some("bob"));
+    run(&mut w, &spec(&BASE.replace("1.0.0", "3.0.0")), &mut st, &mut now, 2);
+    assert_eq!(st.candidate_version, "3.0.0");
+    assert_eq!(st.requested_by, None);
 }

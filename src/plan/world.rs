@@ -158,8 +158,10 @@ impl World {
             }
         }
         if self.behaviour.approve && status.phase == Phase::AwaitingApproval {
-            obs.annotation_approval =
-                Some(Approval { stage: status.stage.clone(), version: status.candidate_version.clone(), by: "plan".into() });
+            // One more approver each tick, a distinct person each time (a stage may need several).
+            let n = status.approvals.iter().filter(|a| a.stage == status.stage).count();
+            let by = if n == 0 { "plan".to_string() } else { format!("plan-{}", n + 1) };
+            obs.annotation_approval = Some(Approval { stage: status.stage.clone(), version: status.candidate_version.clone(), by });
         }
         if let Some((t, due)) = crate::engine::measurements_due(&r, self.now) {
             let metrics = spec.analysis.as_ref().map(|a| a.metrics.as_slice()).unwrap_or_default();

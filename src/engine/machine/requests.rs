@@ -38,6 +38,8 @@ impl Tick<'_> {
             ..Default::default()
         };
         self.st.phase_started_at = Some(self.now);
+        // Who asked, only when the API server recorded it for this very version.
+        self.st.requested_by = self.obs.requested.as_ref().filter(|(_, v)| *v == self.st.candidate_version).map(|(by, _)| by.clone());
     }
 
     pub(super) fn handle_request(&mut self, req: &crate::api::Request) {

@@ -45,7 +45,7 @@ impl Tick<'_> {
         self.st.step_started_at = None;
         self.st.stage_ready_at = None;
         self.st.promoted_step = None;
-        if stage.approval && !self.st.approvals.iter().any(|a| a.stage == stage.name) {
+        if stage.approval && self.approvals_of(&stage.name) < required_approvals(stage) {
             let msg = format!("stage {} of {} waits for approval", stage.name, self.st.candidate_version);
             self.set_phase(Phase::AwaitingApproval, msg);
         } else {
@@ -66,18 +66,39 @@ impl Tick<'_> {
             self.enter_stage(i);
             return Flow::Next;
         }
-        let from_spec = self.r.spec.approvals.iter().find(|a| a.stage == stage && a.version == version).map(|a| (a.by.clone(), "spec"));
-        let from_annotation = || {
-            self.obs.annotation_approval.as_ref().filter(|a| a.stage == stage && a.version == version).map(|a| (a.by.clone(), "annotation"))
-        };
-        let Some((by, source)) = from_spec.or_else(from_annotation) else {
-            self.await_until(&format!("approval of stage {stage} for {version}"), None);
+        // Each distinct approver counts once; the stage starts once enough have approved.
+        let required = required_approvals(&self.r.spec.stages[i]);
+        let from_spec = self.r.spec.approvals.iter().filter(|a| a.stage == stage && a.version == version).map(|a| (a.by.clone(), "spec"));
+        let from_annotation =
+            self.obs.annotation_approval.iter().filter(|a| a.stage == stage && a.version == version).map(|a| (a.by.clone(), "annotation"));
+        let new: Vec<(String, &str)> = from_spec.chain(from_annotation).collect();
+        for (by, source) in new {
+            if by.is_empty() || self.st.approvals.iter().any(|a| a.stage == stage && a.by == by) {
+                continue;
+            }
+            self.st.approvals.push(ApprovalRecord { stage: stage.clone(), by: by.clone(), at: self.now, source: source.into() });
+            let count = self.approvals_of(&stage);
+            let of = if required > 1 { format!(", {count} of {required}") } else { String::new() };
+            self.event(false, "Approved", format!("stage {stage} of {version} approved by {by} ({source}{of})"));
+        }
+        let count = self.approvals_of(&stage);
+        if count < required {
+            let what = if count == 0 {
+                format!("approval of stage {stage} for {version}")
+            } else {
+                let by: Vec<&str> = self.st.approvals.iter().filter(|a| a.stage == stage).map(|a| a.by.as_str()).collect();
+                format!("approval of stage {stage} for {version} by {} more (approved by {})", required - count, by.join(", "))
+            };
+            self.await_until(&what, None);
             return Flow::Wait(None);
-        };
-        self.st.approvals.push(ApprovalRecord { stage: stage.clone(), by: by.clone(), at: self.now, source: source.into() });
-        self.event(false, "Approved", format!("stage {stage} of {version} approved by {by} ({source})"));
+        }
         self.enter_stage(i);
         Flow::Next
+    }
+
+    /// Distinct approvers recorded for a stage of this attempt.
+    fn approvals_of(&self, stage: &str) -> usize {
+        self.st.approvals.iter().filter(|a| a.stage == stage).count()
     }
 
     pub(super) fn stage(&mut self) -> Flow {
@@ -246,4 +267,9 @@ impl Tick<'_> {
             self.job_succeeded(&names::job(self.r.name, &self.attempt(), &slot.suffix()))
         })
     }
+}
+
+/// Distinct approvers a stage needs (1 unless `approvers.required` says more).
+fn required_approvals(stage: &crate::api::Stage) -> usize {
+    stage.approvers.as_ref().map_or(1, |a| a.required.max(1) as usize)
 }
