@@ -242,7 +242,15 @@ impl Drop for Child {
     }
 }
 
-fn start_operator(kubeconfig: &std::path::Path, selector: &str, lease_namespace: &str, lease: &str, log: &std::path::Path) -> Child {
+fn start_operator(
+    kubeconfig: &std::path::Path,
+    selector: &str,
+    lease_namespace: &str,
+    lease: &str,
+    log: &std::path::Path,
+    metrics_port: u16,
+    extra: &[String],
+) -> Child {
     use std::os::unix::process::CommandExt;
     let f = std::fs::File::create(log).expect("log file");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_locall-operator"));
@@ -251,7 +259,8 @@ fn start_operator(kubeconfig: &std::path::Path, selector: &str, lease_namespace:
         .env("POD_NAME", "locall-operator-chart-test")
         .env("POD_NAMESPACE", lease_namespace)
         .args(["--leader-elect", "--lease-name", lease, "--lease-seconds", "10"])
-        .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port()), "--release-selector", selector, "--log-format", "json"])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}"), "--release-selector", selector, "--log-format", "json"])
+        .args(extra)
         .stdin(std::process::Stdio::null())
         .stdout(f.try_clone().unwrap())
         .stderr(f);
@@ -290,6 +299,17 @@ fn can_i(sa: &str, args: &[&str]) -> String {
 // when the test ends, whatever happens.
 #[tokio::test(flavor = "current_thread")]
 async fn chart_rbac_is_enough_for_a_release_and_no_more() {
+    rbac_is_enough(false).await;
+}
+
+/// The same with `watchNamespaces`: Roles in the served namespaces only, and a ClusterRole that
+/// reads just those Namespace objects and reviews /metrics callers.
+#[tokio::test(flavor = "current_thread")]
+async fn namespaced_chart_rbac_is_enough_for_a_release_and_no_more() {
+    rbac_is_enough(true).await;
+}
+
+async fn rbac_is_enough(namespaced: bool) {
     let client = client().await;
     install_crd().await;
     let ns = namespace(&client, "chart").await;
@@ -304,21 +324,29 @@ async fn chart_rbac_is_enough_for_a_release_and_no_more() {
 
     // The chart's RBAC objects, as `helm install <ns> --namespace <ns>` would create them (the
     // release name is the namespace, so cluster-scoped names are unique to this test).
-    let objs = render(&ns, &ns, &[]);
+    let served = format!("watchNamespaces={{{ns},{stg}}}");
+    let set = ["--set", served.as_str()];
+    let objs = render(&ns, &ns, if namespaced { &set } else { &[] });
     let rbac: Vec<&Value> = objs
         .iter()
         .filter(|o| {
             ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"].contains(&o["kind"].as_str().unwrap_or(""))
         })
         .collect();
-    assert_eq!(rbac.len(), 7, "SA, operator + view + edit ClusterRoles, ClusterRoleBinding, Role, RoleBinding");
+    let expected = if namespaced { 12 } else { 8 };
+    assert_eq!(
+        rbac.len(),
+        expected,
+        "SA, operator + metrics-reader + view + edit ClusterRoles, ClusterRoleBinding, leader-election Role and RoleBinding (+ a Role and RoleBinding per served namespace)"
+    );
     let yaml: String = rbac.iter().map(|o| format!("---\n{}\n", serde_yaml::to_string(o).unwrap())).collect();
     apply_yaml(&client, &ns, &yaml).await;
     let sa_name = of_kind(&objs, "ServiceAccount")[0]["metadata"]["name"].as_str().unwrap().to_string();
     let operator_role = of_kind(&objs, "ClusterRoleBinding")[0]["roleRef"]["name"].as_str().unwrap().to_string();
     let sa = format!("system:serviceaccount:{ns}:{sa_name}");
     let kc_path = cluster().dir.join(format!("kubeconfig-{ns}"));
-    let _cleanup = Cleanup { cluster_role: operator_role, kubeconfig: kc_path.clone() };
+    let _cleanup = Cleanup { cluster_role: operator_role.clone(), kubeconfig: kc_path.clone() };
+    let _cleanup_reader = Cleanup { cluster_role: format!("{operator_role}-metrics-reader"), kubeconfig: kc_path.clone() };
 
     // A kubeconfig holding only the ServiceAccount's token.
     let (ok, token, err) = kubectl(&["create", "token", &sa_name, "-n", &ns, "--duration", "1h"]);
@@ -344,14 +372,37 @@ async fn chart_rbac_is_enough_for_a_release_and_no_more() {
     assert_eq!(can_i(&sa, &["patch", "leases.coordination.k8s.io", "-n", &ns]), "yes");
     assert_eq!(can_i(&sa, &["delete", "leases.coordination.k8s.io", "-n", &ns]), "no");
     assert_eq!(can_i(&sa, &["get", "secrets", "-n", &stg]), "yes");
-    assert_eq!(can_i(&sa, &["watch", "locallreleases.locall.io", "-A"]), "yes");
+    if namespaced {
+        assert_eq!(can_i(&sa, &["watch", "locallreleases.locall.io", "-A"]), "no");
+        assert_eq!(can_i(&sa, &["watch", "locallreleases.locall.io", "-n", &ns]), "yes");
+        assert_eq!(can_i(&sa, &["watch", "deployments", "-n", &stg]), "yes");
+        assert_eq!(can_i(&sa, &["watch", "deployments", "-n", "default"]), "no");
+        assert_eq!(can_i(&sa, &["get", "secrets", "-n", "default"]), "no");
+        assert_eq!(can_i(&sa, &["list", "namespaces"]), "no");
+        assert_eq!(can_i(&sa, &["get", &format!("namespace/{stg}")]), "yes");
+        assert_eq!(can_i(&sa, &["get", "namespace/default"]), "no");
+    } else {
+        assert_eq!(can_i(&sa, &["watch", "locallreleases.locall.io", "-A"]), "yes");
+    }
 
     // Enough: the operator binary, as the ServiceAccount, carries a release to Succeeded.
     let label = ns.clone();
     let log = cluster().dir.join(format!("logs/operator-{ns}.log"));
     // With leader election, as the chart runs it: the Lease lives in the release's namespace.
-    let lease = of_kind(&objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"][6].as_str().unwrap().to_string();
-    let _op = start_operator(&kc_path, &format!("locall.io/operator={label}"), &ns, &lease, &log);
+    let args: Vec<String> = of_kind(&objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let after = |flag: &str| args.iter().position(|a| a == flag).map(|i| args[i + 1].clone());
+    let lease = after("--lease-name").expect("--lease-name");
+    assert_eq!(after("--metrics-auth").as_deref(), Some("kubernetes"));
+    assert_eq!(after("--watch-namespaces"), namespaced.then(|| format!("{ns},{stg}")));
+    let metrics_port = free_port();
+    let mut extra = vec!["--metrics-auth".to_string(), "kubernetes".to_string()];
+    extra.extend(after("--watch-namespaces").map(|w| ["--watch-namespaces".to_string(), w]).into_iter().flatten());
+    let _op = start_operator(&kc_path, &format!("locall.io/operator={label}"), &ns, &lease, &log, metrics_port, &extra);
     apply_yaml(&client, &ns, &manifest(&ns, "1.0.0", &label)).await;
     let api: Api<LocallRelease> = Api::namespaced(client.clone(), &ns);
     let lr = wait_for(
@@ -371,6 +422,19 @@ async fn chart_rbac_is_enough_for_a_release_and_no_more() {
     assert!(st.jobs.iter().any(|j| j.name == "migrate" && j.state == JobState::Succeeded), "the migration ran: {:?}", st.jobs);
     let (ok, route, err) = kubectl(&["-n", &ns, "get", "httproutes.gateway.networking.k8s.io", "locall-api", "-o", "name"]);
     assert!(ok && !route.is_empty(), "the HTTPRoute exists: {err}");
+
+    // /metrics: 401 without a token, 403 for a user who may not read it (the operator's own
+    // account), 200 for one who may (the admin); the operator asked the API server each time.
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let http = reqwest::Client::new();
+    let r = http.get(&url).send().await.expect("scrape");
+    assert_eq!(r.status().as_u16(), 401);
+    let r = http.get(&url).bearer_auth(token.trim()).send().await.expect("scrape");
+    assert_eq!(r.status().as_u16(), 403, "{:?}", r.text().await);
+    let admin_token = std::fs::read_to_string(cluster().dir.join("admin-token")).unwrap();
+    let r = http.get(&url).bearer_auth(admin_token.trim()).send().await.expect("scrape");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.text().await.unwrap().contains("locall_"), "the operator's metrics");
 
     // Deleting the release runs the finalizer's cleanup, also as the ServiceAccount.
     let (ok, _, err) = kubectl(&["-n", &ns, "delete", "locallrelease", "locall-api", "--wait=true", "--timeout=60s"]);

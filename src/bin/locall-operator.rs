@@ -12,6 +12,11 @@ struct Args {
     /// Where to serve /metrics, /healthz and /readyz.
     #[arg(long, env = "LOCALL_METRICS_ADDR", default_value = "127.0.0.1:8080")]
     metrics_addr: std::net::SocketAddr,
+    /// Who may read /metrics: `kubernetes` (a bearer token the API server authenticates, for a
+    /// user allowed `get` on the non-resource URL /metrics: TokenReview + SubjectAccessReview) or
+    /// `none` (anyone who reaches the address; keep it on loopback then).
+    #[arg(long, env = "LOCALL_METRICS_AUTH", default_value = "kubernetes", value_parser = ["kubernetes", "none"])]
+    metrics_auth: String,
     /// Log format: json or text.
     #[arg(long, env = "LOCALL_LOG_FORMAT", default_value = "json")]
     log_format: String,
@@ -35,6 +40,10 @@ struct Args {
     /// refused by preflight naming the field, and never called.
     #[arg(long, env = "LOCALL_ALLOWED_PROVIDER_URLS", value_delimiter = ',')]
     allowed_provider_urls: Vec<String>,
+    /// Serve only these namespaces (comma-separated): releases in them, stages in them; one
+    /// watch per namespace, so Roles in those namespaces are enough. Empty: all namespaces.
+    #[arg(long, env = "LOCALL_WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
     /// Elect a leader through a Lease, so that several replicas are safe: only the holder acts.
     #[arg(long, env = "LOCALL_LEADER_ELECT")]
     leader_elect: bool,
@@ -100,8 +109,12 @@ async fn run() -> anyhow::Result<()> {
         req
     });
     let client = kube::client::ClientBuilder::try_from(kube::Config::infer().await?)?.with_layer(&count).build();
-    let addr = telemetry::serve(args.metrics_addr, metrics.clone()).await?;
-    info!(%addr, "serving /metrics, /healthz, /readyz");
+    let gate = (args.metrics_auth == "kubernetes").then(|| {
+        let reviewer = telemetry::auth::KubeReviewer { client: client.clone() };
+        Arc::new(telemetry::auth::Gate::new(reviewer, std::time::Duration::from_secs(60)))
+    });
+    let addr = telemetry::serve(args.metrics_addr, metrics.clone(), gate).await?;
+    info!(%addr, metrics_auth = %args.metrics_auth, "serving /metrics, /healthz, /readyz");
     let config = controller::Config {
         release_selector: Some(args.release_selector.clone()),
         prometheus_url: args.prometheus_url.clone(),
@@ -115,6 +128,7 @@ async fn run() -> anyhow::Result<()> {
                 .chain(args.prometheus_url.clone())
                 .filter(|u| !u.is_empty())
                 .collect(),
+            scope: controller::scope::Scope(args.watch_namespaces.iter().filter(|n| !n.is_empty()).cloned().collect()),
         },
     };
 

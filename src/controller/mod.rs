@@ -6,6 +6,7 @@ pub mod cleanup;
 pub mod events;
 pub mod observe;
 pub mod preflight;
+pub mod scope;
 
 use crate::{
     api::{LocallRelease, LocallReleaseStatus, Phase},
@@ -186,19 +187,16 @@ pub async fn run(
     let selector = watcher::Config::default().labels(&format!("{}={}", crate::api::labels::MANAGED_BY, crate::api::labels::MANAGER));
     let (deployments, dep_writer) = reflector::store::<Deployment>();
     let (jobs, job_writer) = reflector::store::<Job>();
-    let applied = watch_applied(&client, &selector);
-    let namespaces = watch_namespaces(&client).await;
+    let sc = config.policy.scope.clone();
+    let applied = watch_applied(&client, &selector, &sc);
+    let namespaces = watch_namespaces(&client, &sc).await;
     // The caches keep only what observe and act read: no managedFields, no pod templates.
-    let dep_stream = watcher(Api::<Deployment>::all(client.clone()), selector.clone())
-        .modify(slim_deployment)
-        .backoff(WatchBackoff::default())
-        .reflect(dep_writer)
-        .applied_objects();
-    let job_stream = watcher(Api::<Job>::all(client.clone()), selector)
-        .modify(slim_job)
-        .backoff(WatchBackoff::default())
-        .reflect(job_writer)
-        .applied_objects();
+    let c = client.clone();
+    let deps = sc.apis(|| Api::<Deployment>::all(c.clone()), |ns| Api::namespaced(c.clone(), ns));
+    let dep_stream =
+        scope::watch(deps, selector.clone(), WatchBackoff::default).modify(slim_deployment).reflect(dep_writer).applied_objects();
+    let jobs_apis = sc.apis(|| Api::<Job>::all(c.clone()), |ns| Api::namespaced(c.clone(), ns));
+    let job_stream = scope::watch(jobs_apis, selector, WatchBackoff::default).modify(slim_job).reflect(job_writer).applied_objects();
     let ctx = Arc::new(Context {
         client: client.clone(),
         deployments,
@@ -213,7 +211,7 @@ pub async fn run(
         policy: config.policy.clone(),
         namespaces,
     });
-    let releases = Api::<LocallRelease>::all(client.clone());
+    let releases = sc.apis(|| Api::<LocallRelease>::all(c.clone()), |ns| Api::namespaced(c.clone(), ns));
     let mut wc = watcher::Config::default().any_semantic();
     if let Some(sel) = config.release_selector.as_deref().filter(|s| !s.is_empty()) {
         wc = wc.labels(sel);
@@ -221,9 +219,8 @@ pub async fn run(
     let (release_store, release_writer) = reflector::store::<LocallRelease>();
     // Our own status writes come back as watch events: they change nothing a reconcile reads
     // that it did not just write, so only spec, metadata and deletion trigger a reconcile.
-    let release_stream = watcher(releases, wc)
+    let release_stream = scope::watch(releases, wc, WatchBackoff::default)
         .modify(|lr| lr.managed_fields_mut().clear())
-        .backoff(WatchBackoff::default())
         .reflect(release_writer)
         .applied_objects()
         .predicate_filter(release_trigger, Default::default());
@@ -285,11 +282,19 @@ impl kube::runtime::utils::Backoff for WatchBackoff {
 }
 
 /// A metadata-only watch cache of every Namespace: act reads their opt-in annotations from it
-/// (a refusal is confirmed with the API server first, so a cache behind never refuses).
-async fn watch_namespaces(client: &Client) -> Store<kube::api::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>> {
+/// (a refusal is confirmed with the API server first, so a cache behind never refuses). Serving
+/// a list of namespaces, the operator may not list Namespaces: the cache stays empty and each
+/// check reads the Namespace by name.
+async fn watch_namespaces(
+    client: &Client,
+    sc: &scope::Scope,
+) -> Store<kube::api::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>> {
     use k8s_openapi::api::core::v1::Namespace;
     use kube::api::PartialObjectMeta;
     let (store, writer) = reflector::store::<PartialObjectMeta<Namespace>>();
+    if !sc.is_all() {
+        return store;
+    }
     let stream = watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default())
         .modify(|m| m.managed_fields_mut().clear())
         .backoff(WatchBackoff::default())
@@ -305,21 +310,20 @@ async fn watch_namespaces(client: &Client) -> Store<kube::api::PartialObjectMeta
 /// Metadata-only watch caches of the operator's Services and HTTPRoutes, kept up to date in the
 /// background. A cluster without the HTTPRoute CRD just leaves that cache empty (and the
 /// Gateway router, unused there, would ask the API server).
-fn watch_applied(client: &Client, selector: &watcher::Config) -> crate::traffic::Applied {
+fn watch_applied(client: &Client, selector: &watcher::Config, sc: &scope::Scope) -> crate::traffic::Applied {
     use k8s_openapi::api::core::v1::Service;
     use kube::api::{DynamicObject, PartialObjectMeta};
     let (services, svc_writer) = reflector::store::<PartialObjectMeta<Service>>();
-    let svc_stream = watcher(Api::<PartialObjectMeta<Service>>::all(client.clone()), selector.clone())
-        .modify(|m| m.managed_fields_mut().clear())
-        .backoff(WatchBackoff::default())
-        .reflect(svc_writer);
+    let c = client.clone();
+    let apis = sc.apis(|| Api::<PartialObjectMeta<Service>>::all(c.clone()), |ns| Api::namespaced(c.clone(), ns));
+    let svc_stream =
+        scope::watch(apis, selector.clone(), WatchBackoff::default).modify(|m| m.managed_fields_mut().clear()).reflect(svc_writer);
     let ar = crate::traffic::gateway::httproute_resource();
     let route_writer = reflector::store::Writer::<PartialObjectMeta<DynamicObject>>::new(ar.clone());
     let routes = route_writer.as_reader();
-    let route_stream = watcher(Api::<PartialObjectMeta<DynamicObject>>::all_with(client.clone(), &ar), selector.clone())
-        .modify(|m| m.managed_fields_mut().clear())
-        .backoff(WatchBackoff::default())
-        .reflect(route_writer);
+    let apis = sc.apis(|| Api::<PartialObjectMeta<DynamicObject>>::all_with(c.clone(), &ar), |ns| Api::namespaced_with(c.clone(), ns, &ar));
+    let route_stream =
+        scope::watch(apis, selector.clone(), WatchBackoff::default).modify(|m| m.managed_fields_mut().clear()).reflect(route_writer);
     tokio::spawn(svc_stream.for_each(|r| async move {
         if let Err(e) = r {
             tracing::debug!(error = %e, "Service metadata watch");
@@ -404,7 +408,7 @@ async fn reconcile(lr: Arc<LocallRelease>, ctx: Arc<Context>) -> Result<Action, 
     let res = finalizer(&api, FINALIZER, lr, |event| async {
         match event {
             Finalizer::Apply(lr) => reconcile_release(&lr, &ctx).await,
-            Finalizer::Cleanup(lr) => cleanup::children(&ctx.client, &lr).await.map(|_| Action::await_change()),
+            Finalizer::Cleanup(lr) => cleanup::children(&ctx.client, &lr, &ctx.policy.scope).await.map(|_| Action::await_change()),
         }
     })
     .await

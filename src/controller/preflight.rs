@@ -30,6 +30,8 @@ pub const SERVICE_ACCOUNTS: &str = "locall.io/service-accounts";
 pub struct Policy {
     /// URL prefixes a release may name as its own Prometheus (`spec.analysis.prometheus`).
     pub provider_urls: Vec<String>,
+    /// The namespaces the operator serves (`--watch-namespaces`; all when empty).
+    pub scope: super::scope::Scope,
 }
 
 impl Policy {
@@ -74,6 +76,14 @@ pub async fn run(client: &Client, lr: &LocallRelease, now: DateTime<Utc>, policy
     let all: Api<Namespace> = Api::all(client.clone());
     for (i, stage) in lr.spec.stages.iter().enumerate() {
         let Some(ns) = stage.namespace.as_deref().filter(|ns| *ns != release_ns) else { continue };
+        if !policy.scope.serves(ns) {
+            let message = format!(
+                "spec.stages[{i}].namespace: the operator serves only namespaces {} (--watch-namespaces), not {ns}",
+                policy.scope.0.join(", ")
+            );
+            out.push(CheckResult { name: format!("Namespace {ns}"), passed: false, message });
+            continue;
+        }
         let found = all.get_opt(ns).await?;
         let annotations = found.as_ref().and_then(|n| n.metadata.annotations.as_ref());
         let (passed, message) = match &found {
@@ -196,7 +206,7 @@ mod tests {
         assert!(accepts(Some(&a(&[(ACCEPT, "*")])), "anyone"));
         assert!(!lends(Some(&a(&[(ACCEPT, "*")])), "deployer"), "accepting releases lends no account");
         assert!(lends(Some(&a(&[(SERVICE_ACCOUNTS, "app,deployer")])), "deployer"));
-        let p = Policy { provider_urls: vec!["http://prometheus.monitoring:9090".into()] };
+        let p = Policy { provider_urls: vec!["http://prometheus.monitoring:9090".into()], ..Default::default() };
         assert!(p.allows_provider("http://prometheus.monitoring:9090/api"));
         assert!(!p.allows_provider("http://169.254.169.254/latest"));
         assert!(!Policy::default().allows_provider("http://anything"), "nothing allowed unless said");

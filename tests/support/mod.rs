@@ -308,7 +308,10 @@ impl Receiver {
 /// NaN when it cannot be reached.
 pub async fn scrape(metrics_addr: &str, name: &str) -> f64 {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let body = match reqwest::get(format!("http://{metrics_addr}/metrics")).await {
+    // /metrics answers a token the API server authenticates for a user allowed to read it.
+    let token = std::fs::read_to_string(cluster().dir.join("admin-token")).unwrap_or_default();
+    let request = reqwest::Client::new().get(format!("http://{metrics_addr}/metrics")).bearer_auth(token.trim());
+    let body = match request.send().await {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(_) => return f64::NAN,
     };

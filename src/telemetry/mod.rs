@@ -2,8 +2,15 @@
 //! domain metrics), `/healthz`, `/readyz`, and tracing setup. Labels never carry error text or
 //! anything but a release's namespace and name.
 
+pub mod auth;
+
 use crate::api::{LocallRelease, Phase};
-use axum::{routing::get, Router};
+use axum::{
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
 use kube::ResourceExt;
 use prometheus_client::{
     encoding::{text::encode, EncodeLabelSet},
@@ -175,12 +182,37 @@ impl Metrics {
     }
 }
 
-/// `/metrics`, `/healthz`, `/readyz` on `addr`; returns the bound address.
-pub async fn serve(addr: std::net::SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<std::net::SocketAddr> {
-    let app = Router::new()
-        .route("/metrics", get(move || async move { metrics.encode() }))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }));
+/// `/metrics`, `/healthz`, `/readyz` on `addr`; returns the bound address. With a `gate`,
+/// `/metrics` answers only a bearer token the API server authenticates for a user allowed
+/// `get /metrics` (401 without one, 403 for another user, 503 when the API server cannot say).
+pub async fn serve<R: auth::Reviewer>(
+    addr: std::net::SocketAddr,
+    metrics: Arc<Metrics>,
+    gate: Option<Arc<auth::Gate<R>>>,
+) -> std::io::Result<std::net::SocketAddr> {
+    let scrape = move |headers: HeaderMap| async move {
+        if let Some(gate) = &gate {
+            let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+            match gate.check(authorization).await {
+                Ok(auth::Access::Allowed) => {}
+                Ok(auth::Access::Unauthenticated) => {
+                    return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], "a bearer token is required\n")
+                        .into_response()
+                }
+                Ok(auth::Access::Forbidden(user)) => {
+                    return (StatusCode::FORBIDDEN, format!("{user} may not get /metrics\n")).into_response();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot review a /metrics caller");
+                    return (StatusCode::SERVICE_UNAVAILABLE, "cannot review the caller now\n").into_response();
+                }
+            }
+        }
+        let r: Response = metrics.encode().into_response();
+        r
+    };
+    let app =
+        Router::new().route("/metrics", get(scrape)).route("/healthz", get(|| async { "ok" })).route("/readyz", get(|| async { "ok" }));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
