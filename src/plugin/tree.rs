@@ -106,6 +106,9 @@ pub fn render_tree(lr: &LocallRelease) -> String {
     if !st.candidate_version.is_empty() && st.candidate_version != spec.version {
         nodes.push(Node::new(format!("candidate {} (rev {}) per status", st.candidate_version, st.revision)));
     }
+    if let Some(by) = &st.requested_by {
+        nodes.push(Node::new(format!("{} requested by {by} (as the API server authenticated them)", st.candidate_version)));
+    }
 
     // Preflight.
     if !st.preflight.is_empty() {
@@ -422,11 +425,14 @@ spec:
 
     #[test]
     fn in_progress_with_steps() {
-        let out = render_tree(&in_progress());
+        let mut lr = in_progress();
+        lr.status.as_mut().unwrap().requested_by = Some("carol".into());
+        let out = render_tree(&lr);
         println!("{out}");
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines[0], "locall-api (demo)  2.0.0  Production  weight 25%  Ready=False");
         assert_eq!(lines[1], "├─ stable 1.0.0 (rev 7446d6bc)");
+        assert_eq!(lines[2], "├─ 2.0.0 requested by carol (as the API server authenticated them)");
         assert!(out.contains("├─ preflight: 2/2 passed\n"));
         assert!(out.contains("│  ├─ ✔ tests          PreDeploy  Complete\n"), "{out}");
         assert!(out.contains("│  └─ ✔ e2e (staging)  Verify     Complete\n"), "{out}");
