@@ -81,8 +81,12 @@ async fn a_child_the_api_server_refuses_ends_the_release_naming_the_object_and_t
     let ready = st.conditions.iter().find(|c| c.type_ == conditions::READY).unwrap();
     assert_eq!(ready.status, "False");
     assert!(ready.message.contains("containerPort"), "{}", ready.message);
-    let failed = notes(&client, &ns, "Failed").await;
-    assert!(failed.iter().any(|n| n.contains("containerPort") && n.contains("Deployment")), "an Event names it: {failed:?}");
+    // The Event follows the status write.
+    wait_for(Duration::from_secs(10), "an Event naming the refused Deployment and the field", || async {
+        let failed = notes(&client, &ns, "Failed").await;
+        failed.iter().any(|n| n.contains("containerPort") && n.contains("Deployment")).then_some(())
+    })
+    .await;
     // `kubectl get lr` shows the version in flight as Failed, never as Succeeded.
     let (ok, out, err) = kubectl(&["-n", &ns, "get", "lr", "locall-api", "--no-headers"]);
     assert!(ok, "{err}");

@@ -110,6 +110,8 @@ fn renders_a_restricted_deployment_with_probes_and_args() {
             "0.0.0.0:8080",
             "--log-format",
             "json",
+            "--metrics-auth",
+            "kubernetes",
             "--leader-elect",
             "--lease-name",
             "locall-locall-operator",
