@@ -6,6 +6,9 @@ KWOK_VERSION=v0.8.0
 GATEWAY_API_VERSION=v1.7.0
 LOCALL_CACHE=${LOCALL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/locall-operator}
 K8S_BIN=$LOCALL_CACHE/cluster/k8s-$K8S_VERSION
+# The optional real node (tests/cluster/node): kubelet and kube-proxy from the same module, and crictl.
+CRICTL_VERSION=v1.34.0
+K8S_NODE_BIN=$LOCALL_CACHE/cluster/k8s-node-$K8S_VERSION-crictl-$CRICTL_VERSION
 ETCD_BIN=$LOCALL_CACHE/cluster/etcd-$ETCD_VERSION
 KWOK_BIN=$LOCALL_CACHE/cluster/kwok-$KWOK_VERSION
 # A Job pod with this label is held Running by kwok until the label is removed (see build).
