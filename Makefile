@@ -4,12 +4,16 @@ SHELL := /bin/bash
 export CARGO_TARGET_DIR ?= $(HOME)/.cache/locall-operator/cargo-target
 CARGO ?= cargo
 
-.PHONY: all build test unit e2e cluster down crds crds-check demo bench fuzz fmt lint clean
+.PHONY: all build image test unit e2e cluster down crds crds-check demo bench fuzz fmt lint clean
 
 all: build
 
 build:
 	$(CARGO) build --bins
+
+## The operator's OCI image, built without a container engine (scripts/image): target/image/.
+image:
+	CARGO="$(CARGO)" scripts/image
 
 ## The local cluster (real kube-apiserver, controllers, kwok nodes, Prometheus, traffic simulator).
 cluster:
@@ -32,8 +36,10 @@ crds-check:
 	@$(CARGO) run --quiet --bin crdgen | diff -u crds/locallreleases.yaml - > /dev/null \
 	  || { echo "crds/locallreleases.yaml is out of date: run 'make crds' and commit it"; exit 1; }
 
-## Unit tests (pure engine, no cluster) and the end-to-end suites on the local cluster.
-test: crds-check build cluster
+## Unit tests (pure engine, no cluster) and the end-to-end suites on the local cluster; the image
+## is run there with runc (tests/image.rs).
+test: crds-check build image cluster
+	$(CARGO) test --quiet --manifest-path tools/image/Cargo.toml
 	$(CARGO) test --no-fail-fast -- --test-threads 4
 
 ## Benchmarks on the local cluster: reaction time of the automatic rollback (BENCH_FAILURES=20),

@@ -18,58 +18,6 @@ use serde_json::Value;
 use std::{path::PathBuf, process::Command, time::Duration};
 use support::*;
 
-fn chart_dir() -> PathBuf {
-    repo().join("charts/locall-operator")
-}
-
-/// The helm binary built by `tests/cluster/build build_helm` (cached, keyed by HELM_VERSION).
-fn helm_bin() -> PathBuf {
-    static HELM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    HELM.get_or_init(|| {
-        if let Ok(h) = std::env::var("HELM") {
-            return PathBuf::from(h);
-        }
-        let build = repo().join("tests/cluster/build");
-        let st = Command::new(&build).arg("build_helm").status().expect("run tests/cluster/build build_helm");
-        assert!(st.success(), "tests/cluster/build build_helm failed");
-        let versions = repo().join("tests/cluster/versions.sh");
-        let out = Command::new("bash")
-            .arg("-c")
-            .arg(format!(". '{}' && printf %s \"$HELM_BIN/helm\"", versions.display()))
-            .output()
-            .expect("read versions.sh");
-        PathBuf::from(String::from_utf8(out.stdout).unwrap())
-    })
-    .clone()
-}
-
-/// helm with `args`; returns (success, stdout, stderr).
-fn helm(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(helm_bin()).args(args).output().expect("run helm");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
-
-/// `helm template` of the chart as release `name` in `ns`, with extra args; the rendered objects.
-fn render(name: &str, ns: &str, extra: &[&str]) -> Vec<Value> {
-    let chart = chart_dir();
-    let mut args = vec!["template", name, chart.to_str().unwrap(), "--namespace", ns];
-    args.extend_from_slice(extra);
-    let (ok, out, err) = helm(&args);
-    assert!(ok, "helm template {extra:?}: {err}");
-    serde_yaml::Deserializer::from_str(&out)
-        .map(|d| serde::Deserialize::deserialize(d).expect("rendered yaml"))
-        .filter(|v: &Value| !v.is_null())
-        .collect()
-}
-
-fn kinds(objs: &[Value]) -> Vec<String> {
-    objs.iter().map(|o| o["kind"].as_str().unwrap_or_default().to_string()).collect()
-}
-
-fn of_kind<'a>(objs: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    objs.iter().filter(|o| o["kind"] == kind).collect()
-}
-
 #[test]
 fn helm_lint_strict_passes() {
     let (ok, out, err) = helm(&["lint", "--strict", chart_dir().to_str().unwrap()]);

@@ -336,3 +336,75 @@ pub async fn route_weights(client: &Client, ns: &str) -> std::collections::BTree
         .map(|b| (b["name"].as_str().unwrap().to_string(), b["weight"].as_i64().unwrap()))
         .collect()
 }
+
+/// The Helm chart (charts/locall-operator).
+pub fn chart_dir() -> PathBuf {
+    repo().join("charts/locall-operator")
+}
+
+/// The helm binary built by `tests/cluster/build build_helm` (cached, keyed by HELM_VERSION).
+pub fn helm_bin() -> PathBuf {
+    static HELM: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    HELM.get_or_init(|| {
+        if let Ok(h) = std::env::var("HELM") {
+            return PathBuf::from(h);
+        }
+        let build = repo().join("tests/cluster/build");
+        let st = Command::new(&build).arg("build_helm").status().expect("run tests/cluster/build build_helm");
+        assert!(st.success(), "tests/cluster/build build_helm failed");
+        let versions = repo().join("tests/cluster/versions.sh");
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!(". '{}' && printf %s \"$HELM_BIN/helm\"", versions.display()))
+            .output()
+            .expect("read versions.sh");
+        PathBuf::from(String::from_utf8(out.stdout).unwrap())
+    })
+    .clone()
+}
+
+/// helm with `args`; returns (success, stdout, stderr).
+pub fn helm(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(helm_bin()).args(args).output().expect("run helm");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// `helm template` of the chart as release `name` in `ns`, with extra args; the rendered objects.
+pub fn render(name: &str, ns: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    let chart = chart_dir();
+    let mut args = vec!["template", name, chart.to_str().unwrap(), "--namespace", ns];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = helm(&args);
+    assert!(ok, "helm template {extra:?}: {err}");
+    serde_yaml::Deserializer::from_str(&out)
+        .map(|d| serde::Deserialize::deserialize(d).expect("rendered yaml"))
+        .filter(|v: &serde_json::Value| !v.is_null())
+        .collect()
+}
+
+/// The kinds of rendered objects, in order.
+pub fn kinds(objs: &[serde_json::Value]) -> Vec<String> {
+    objs.iter().map(|o| o["kind"].as_str().unwrap_or_default().to_string()).collect()
+}
+
+/// The rendered objects of one kind.
+pub fn of_kind<'a>(objs: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    objs.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+/// A kubeconfig at `path` holding only a fresh 1 h token of ServiceAccount `ns/sa` (the local
+/// API server's address, its certificate not verified, as the admin kubeconfig does).
+pub fn service_account_kubeconfig(ns: &str, sa: &str, path: &std::path::Path) {
+    let (ok, token, err) = kubectl(&["create", "token", sa, "-n", ns, "--duration", "1h"]);
+    assert!(ok, "create token for {ns}/{sa}: {err}");
+    let admin: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(&cluster().kubeconfig).unwrap()).unwrap();
+    let server = admin["clusters"][0]["cluster"]["server"].as_str().expect("server").to_string();
+    let kc = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "local", "cluster": {"server": server, "insecure-skip-tls-verify": true}}],
+        "users": [{"name": "sa", "user": {"token": token.trim()}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "local", "user": "sa", "namespace": ns}}],
+        "current-context": "sa",
+    });
+    std::fs::write(path, serde_yaml::to_string(&kc).unwrap()).unwrap();
+}
