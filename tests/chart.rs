@@ -299,18 +299,7 @@ async fn rbac_is_enough(namespaced: bool) {
     let _cleanup_reader = Cleanup { cluster_role: format!("{operator_role}-metrics-reader"), kubeconfig: kc_path.clone() };
 
     // A kubeconfig holding only the ServiceAccount's token.
-    let (ok, token, err) = kubectl(&["create", "token", &sa_name, "-n", &ns, "--duration", "1h"]);
-    assert!(ok, "create token: {err}");
-    let admin: Value = serde_yaml::from_str(&std::fs::read_to_string(&cluster().kubeconfig).unwrap()).unwrap();
-    let server = admin["clusters"][0]["cluster"]["server"].as_str().expect("server").to_string();
-    let kc = serde_json::json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "local", "cluster": {"server": server, "insecure-skip-tls-verify": true}}],
-        "users": [{"name": "sa", "user": {"token": token.trim()}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "local", "user": "sa", "namespace": ns}}],
-        "current-context": "sa",
-    });
-    std::fs::write(&kc_path, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    let token = service_account_kubeconfig(&ns, &sa_name, &kc_path);
 
     // No more than needed (the admin impersonates the ServiceAccount).
     assert_eq!(can_i(&sa, &["delete", "secrets", "-A"]), "no");

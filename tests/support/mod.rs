@@ -393,8 +393,9 @@ pub fn of_kind<'a>(objs: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_j
 }
 
 /// A kubeconfig at `path` holding only a fresh 1 h token of ServiceAccount `ns/sa` (the local
-/// API server's address, its certificate not verified, as the admin kubeconfig does).
-pub fn service_account_kubeconfig(ns: &str, sa: &str, path: &std::path::Path) {
+/// API server's address, its certificate not verified, as the admin kubeconfig does); returns
+/// the token.
+pub fn service_account_kubeconfig(ns: &str, sa: &str, path: &std::path::Path) -> String {
     let (ok, token, err) = kubectl(&["create", "token", sa, "-n", ns, "--duration", "1h"]);
     assert!(ok, "create token for {ns}/{sa}: {err}");
     let admin: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(&cluster().kubeconfig).unwrap()).unwrap();
@@ -407,4 +408,5 @@ pub fn service_account_kubeconfig(ns: &str, sa: &str, path: &std::path::Path) {
         "current-context": "sa",
     });
     std::fs::write(path, serde_yaml::to_string(&kc).unwrap()).unwrap();
+    token.trim().to_string()
 }
