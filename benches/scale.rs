@@ -513,7 +513,7 @@ async fn main() {
     let mut table =
         vec!["| figure | releases | locall-operator | Argo Rollouts v1.10.0 | ratio |".to_string(), "|---|---|---|---|---|".to_string()];
     let mut ratios = vec![];
-    let mut rows: Vec<(String, String)> = vec![("idle RSS MiB".into(), "idle_rss_mib".into())];
+    let mut rows: Vec<(&str, String, String)> = vec![("idle RSS MiB", String::new(), "idle_rss_mib".into())];
     for n in &sizes {
         for (what, key) in [
             ("peak RSS MiB", "peak_rss_mib"),
@@ -523,11 +523,10 @@ async fn main() {
             ("change -> acted p50 ms", "act_p50_ms"),
             ("change -> acted p99 ms", "act_p99_ms"),
         ] {
-            rows.push((format!("{what}|{n}"), format!("{key}_{n}")));
+            rows.push((what, n.to_string(), format!("{key}_{n}")));
         }
     }
-    for (what, key) in rows {
-        let (what, n) = what.split_once('|').unwrap_or((&what, ""));
+    for (what, n, key) in rows {
         let ours = get(&format!("locall_{key}"));
         let theirs = get(&format!("argo_rollouts_{key}"));
         let ratio = ours.zip(theirs).map(|(a, b)| a / b);

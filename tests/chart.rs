@@ -370,8 +370,7 @@ async fn rbac_is_enough(namespaced: bool) {
     assert_eq!(r.status().as_u16(), 401);
     let r = http.get(&url).bearer_auth(token.trim()).send().await.expect("scrape");
     assert_eq!(r.status().as_u16(), 403, "{:?}", r.text().await);
-    let admin_token = std::fs::read_to_string(cluster().dir.join("admin-token")).unwrap();
-    let r = http.get(&url).bearer_auth(admin_token.trim()).send().await.expect("scrape");
+    let r = http.get(&url).bearer_auth(admin_token()).send().await.expect("scrape");
     assert_eq!(r.status().as_u16(), 200);
     assert!(r.text().await.unwrap().contains("locall_"), "the operator's metrics");
 

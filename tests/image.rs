@@ -397,8 +397,7 @@ async fn the_image_runs_as_the_chart_runs_it_and_carries_a_release() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(get(&format!("{base}/healthz"), None).await.map(|r| r.0), Some(200), "/healthz");
-    let token = std::fs::read_to_string(cluster().dir.join("admin-token")).unwrap();
-    let (code, body) = get(&format!("{base}/metrics"), Some(token.trim())).await.expect("/metrics answers");
+    let (code, body) = get(&format!("{base}/metrics"), Some(admin_token().as_str())).await.expect("/metrics answers");
     assert_eq!(code, 200, "/metrics: {body}");
     assert!(body.contains("# TYPE controller_runtime_reconcile_time_seconds histogram"), "{body}");
 
@@ -431,7 +430,7 @@ spec:
     let lease_at = args.iter().position(|a| a == "--lease-name").expect("the chart elects a leader") + 1;
     let (ok, holder, err) = kubectl(&["-n", &ns, "get", "lease", &args[lease_at], "-o", "jsonpath={.spec.holderIdentity}"]);
     assert!(ok && holder == pod_name, "the containerised operator holds the chart's Lease: {holder} {err}");
-    let (_, body) = get(&format!("{base}/metrics"), Some(token.trim())).await.expect("/metrics answers");
+    let (_, body) = get(&format!("{base}/metrics"), Some(admin_token().as_str())).await.expect("/metrics answers");
     let series = format!(r#"locall_release_phase{{namespace="{ns}",name="locall-api",phase="Succeeded"}} 1"#);
     assert!(body.lines().any(|l| l == series), "{series} in /metrics");
 

@@ -13,30 +13,9 @@ pub async fn children(client: &Client, lr: &LocallRelease, scope: &super::scope:
     let lp = ListParams::default().labels(&sel);
     let dp = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
     let err = |e| super::act_err("clean up", "the release's children".into())(e);
-    let apis = scope.apis(|| Api::<Deployment>::all(client.clone()), |ns| Api::namespaced(client.clone(), ns));
-    let mut found = vec![];
-    for api in apis {
-        found.extend(api.list(&lp).await.map_err(err)?);
-    }
-    for d in found {
-        let _ = Api::<Deployment>::namespaced(client.clone(), &d.namespace().unwrap_or_default()).delete(&d.name_any(), &dp).await;
-    }
-    let apis = scope.apis(|| Api::<Job>::all(client.clone()), |ns| Api::namespaced(client.clone(), ns));
-    let mut found = vec![];
-    for api in apis {
-        found.extend(api.list(&lp).await.map_err(err)?);
-    }
-    for j in found {
-        let _ = Api::<Job>::namespaced(client.clone(), &j.namespace().unwrap_or_default()).delete(&j.name_any(), &dp).await;
-    }
-    let apis = scope.apis(|| Api::<Service>::all(client.clone()), |ns| Api::namespaced(client.clone(), ns));
-    let mut found = vec![];
-    for api in apis {
-        found.extend(api.list(&lp).await.map_err(err)?);
-    }
-    for s in found {
-        let _ = Api::<Service>::namespaced(client.clone(), &s.namespace().unwrap_or_default()).delete(&s.name_any(), &dp).await;
-    }
+    delete_all(scope.apis(|| Api::<Deployment>::all(client.clone()), |ns| Api::namespaced(client.clone(), ns)), client, &lp, &dp).await?;
+    delete_all(scope.apis(|| Api::<Job>::all(client.clone()), |ns| Api::namespaced(client.clone(), ns)), client, &lp, &dp).await?;
+    delete_all(scope.apis(|| Api::<Service>::all(client.clone()), |ns| Api::namespaced(client.clone(), ns)), client, &lp, &dp).await?;
     let ar = httproute_resource();
     let apis = scope.apis(|| Api::<DynamicObject>::all_with(client.clone(), &ar), |ns| Api::namespaced_with(client.clone(), ns, &ar));
     let mut routes = vec![];
@@ -63,6 +42,23 @@ pub async fn children(client: &Client, lr: &LocallRelease, scope: &super::scope:
                 api.patch(&r.name_any(), &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await.map_err(err)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Deletes what `apis` list under `lp` (a delete that fails is left for the API server's own
+/// garbage collection or a later pass); a list that fails ends the cleanup with an error.
+async fn delete_all<K>(apis: Vec<Api<K>>, client: &Client, lp: &ListParams, dp: &DeleteParams) -> Result<(), super::Error>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let mut found = vec![];
+    for api in apis {
+        found.extend(api.list(lp).await.map_err(|e| super::act_err("clean up", "the release's children".into())(e))?);
+    }
+    for o in found {
+        let _ = Api::<K>::namespaced(client.clone(), &o.namespace().unwrap_or_default()).delete(&o.name_any(), dp).await;
     }
     Ok(())
 }

@@ -579,11 +579,7 @@ async fn observe(ctx: &Context, lr: &LocallRelease, status: &LocallReleaseStatus
         deployments: observe::deployments(&ctx.deployments, lr),
         jobs: observe::jobs(&ctx.jobs, lr),
         annotation_approval: approval,
-        requested: lr
-            .annotations()
-            .get(crate::api::labels::REQUESTED_BY)
-            .zip(lr.annotations().get(crate::api::labels::REQUESTED_VERSION))
-            .map(|(by, v)| (by.clone(), v.clone())),
+        requested: observe::requested(lr),
         request,
         annotation_errors,
         ..Default::default()

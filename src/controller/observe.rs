@@ -68,6 +68,12 @@ pub fn annotation_approval(lr: &LocallRelease) -> Result<Option<Approval>, Strin
     }
 }
 
+/// Who changed `spec.version`, and to what, as the chart's admission policy recorded it.
+pub fn requested(lr: &LocallRelease) -> Option<(String, String)> {
+    let a = lr.annotations();
+    a.get(labels::REQUESTED_BY).zip(a.get(labels::REQUESTED_VERSION)).map(|(by, v)| (by.clone(), v.clone()))
+}
+
 /// The imperative request in the annotation, if it parses.
 pub fn request(lr: &LocallRelease) -> Result<Option<crate::api::Request>, String> {
     match lr.annotations().get(labels::REQUEST) {

@@ -54,11 +54,13 @@ where
     use kube::runtime::WatchStreamExt;
     if apis.len() == 1 {
         let api = apis.into_iter().next().unwrap();
-        return watcher(api, config).backoff(backoff()).boxed();
+        return kube::runtime::watcher(api, config).backoff(backoff()).boxed();
     }
     let n = apis.len();
-    let streams =
-        apis.into_iter().enumerate().map(|(i, api)| flatten(watcher(api, config.clone()).backoff(backoff())).map(move |o| (i, o)).boxed());
+    let streams = apis
+        .into_iter()
+        .enumerate()
+        .map(|(i, api)| flatten(kube::runtime::watcher(api, config.clone()).backoff(backoff())).map(move |o| (i, o)).boxed());
     let mut first = FirstList::<K>::new(n);
     stream::select_all(streams).flat_map(move |(i, o)| stream::iter(first.next(i, o))).boxed()
 }
@@ -112,13 +114,6 @@ impl<K: Resource + Clone> FirstList<K> {
         }
         vec![]
     }
-}
-
-fn watcher<K>(api: Api<K>, config: watcher::Config) -> impl Stream<Item = Item<K>> + Send
-where
-    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
-{
-    kube::runtime::watcher(api, config)
 }
 
 /// One namespace's watch as `Apply`/`Delete` and `Listed`.

@@ -309,8 +309,7 @@ impl Receiver {
 pub async fn scrape(metrics_addr: &str, name: &str) -> f64 {
     let _ = rustls::crypto::ring::default_provider().install_default();
     // /metrics answers a token the API server authenticates for a user allowed to read it.
-    let token = std::fs::read_to_string(cluster().dir.join("admin-token")).unwrap_or_default();
-    let request = reqwest::Client::new().get(format!("http://{metrics_addr}/metrics")).bearer_auth(token.trim());
+    let request = reqwest::Client::new().get(format!("http://{metrics_addr}/metrics")).bearer_auth(admin_token());
     let body = match request.send().await {
         Ok(r) => r.text().await.unwrap_or_default(),
         Err(_) => return f64::NAN,
@@ -409,4 +408,9 @@ pub fn service_account_kubeconfig(ns: &str, sa: &str, path: &std::path::Path) ->
     });
     std::fs::write(path, serde_yaml::to_string(&kc).unwrap()).unwrap();
     token.trim().to_string()
+}
+
+/// The local cluster's admin bearer token (system:masters).
+pub fn admin_token() -> String {
+    std::fs::read_to_string(cluster().dir.join("admin-token")).expect("the cluster's admin-token").trim().to_string()
 }
