@@ -55,6 +55,8 @@ pub struct Context {
     pub namespaces: Store<kube::api::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace>>,
     /// Failed reconciles in a row per release: the retry backoff (a hint, not state).
     pub failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<LocallRelease>, u32>>,
+    /// Notifications delivered whose status write may not have landed (not sent twice).
+    pub delivered: crate::notify::Delivered,
 }
 
 /// How the operator is configured.
@@ -207,6 +209,7 @@ pub async fn run(
         applied,
         fresh_read: Default::default(),
         failures: Default::default(),
+        delivered: Default::default(),
         notify_retry_for: config.notify_retry_for,
         policy: config.policy.clone(),
         namespaces,
@@ -472,7 +475,11 @@ async fn reconcile_release(lr: &LocallRelease, ctx: &Context) -> Result<Action, 
     let status = if due.is_empty() {
         status
     } else {
-        let results = crate::notify::deliver(&ctx.client, lr, &due, &ctx.metrics).await;
+        // Delivered before by this process (the write settling it was refused, or the cache is behind): not again.
+        let (send, mut results) = ctx.delivered.split(lr, due);
+        let sent = crate::notify::deliver(&ctx.client, lr, &send, &ctx.metrics).await;
+        ctx.delivered.remember(lr, &sent);
+        results.extend(sent);
         let mut next = status.clone();
         let now = Utc::now();
         let given_up = outbox::settle(&mut next, &results, ctx.notify_retry_for, now);

@@ -133,6 +133,37 @@ pub async fn deliver(client: &Client, lr: &LocallRelease, owed: &[Owed], metrics
     futures::future::join_all(attempts).await
 }
 
+/// Deliveries this process made, by idempotency key: a reconcile that still sees one owed (the
+/// status write settling it conflicted or failed, or the watch cache has not caught up with
+/// it) settles it without posting again. A hint, not state: after a restart the outbox is the
+/// truth, and a delivery whose status write was lost is sent once more with the same
+/// idempotency key (at least once).
+#[derive(Default)]
+pub struct Delivered(std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>);
+
+/// How long a delivery is remembered: far longer than a watch cache lags or a conflicting
+/// write is retried, and the memory stays bounded.
+const REMEMBER_FOR: Duration = Duration::from_secs(3600);
+
+impl Delivered {
+    /// Splits what is due into what must be posted and what was already delivered (its results).
+    pub fn split(&self, lr: &LocallRelease, due: Vec<Owed>) -> (Vec<Owed>, Vec<Attempt>) {
+        let known = self.0.lock().unwrap();
+        let (done, send): (Vec<Owed>, Vec<Owed>) = due.into_iter().partition(|o| known.contains_key(&key(lr, o)));
+        (send, done.into_iter().map(|o| (o.id, Ok(()))).collect())
+    }
+
+    /// Remembers the deliveries that went through.
+    pub fn remember(&self, lr: &LocallRelease, results: &[Attempt]) {
+        let now = std::time::Instant::now();
+        let mut known = self.0.lock().unwrap();
+        known.retain(|_, at| now.duration_since(*at) < REMEMBER_FOR);
+        for (id, _) in results.iter().filter(|(_, r)| r.is_ok()) {
+            known.insert(format!("{}-{id}", lr.uid().unwrap_or_default()), now);
+        }
+    }
+}
+
 /// Reads the target's URL from its Secret and POSTs once.
 async fn attempt(client: &Client, http: &reqwest::Client, lr: &LocallRelease, i: usize, o: &Owed) -> Result<(), String> {
     let n = &lr.spec.notifications[i];
@@ -167,6 +198,33 @@ async fn attempt(client: &Client, http: &reqwest::Client, lr: &LocallRelease, i:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_delivery_is_not_posted_again_while_its_settling_write_is_retried() {
+        let release = |uid: &str| -> LocallRelease {
+            let mut lr: LocallRelease = serde_yaml::from_str(
+                "apiVersion: locall.io/v1alpha1\nkind: LocallRelease\nmetadata: {name: a, namespace: n}\nspec: {version: '1', template: {}, stages: [{name: p}]}",
+            )
+            .unwrap();
+            lr.metadata.uid = Some(uid.into());
+            lr
+        };
+        let owed = |id: &str| -> Owed {
+            serde_json::from_value(json!({"id": id, "target": "t", "event": "Succeeded", "phase": "Succeeded",
+                "version": "1", "message": "", "since": "2026-11-30T10:00:00Z"}))
+            .unwrap()
+        };
+        let memory = Delivered::default();
+        let lr = release("u1");
+        let (send, known) = memory.split(&lr, vec![owed("1-1"), owed("1-2")]);
+        assert_eq!((send.len(), known.len()), (2, 0), "nothing delivered yet");
+        memory.remember(&lr, &[("1-1".into(), Ok(())), ("1-2".into(), Err("HTTP 500".into()))]);
+        let (send, known) = memory.split(&lr, vec![owed("1-1"), owed("1-2")]);
+        assert_eq!(send.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(), ["1-2"], "only the failed one is posted again");
+        assert_eq!(known, [("1-1".to_string(), Ok(()))], "the delivered one is settled without a post");
+        let (send, _) = memory.split(&release("u2"), vec![owed("1-1")]);
+        assert_eq!(send.len(), 1, "another release (or a re-created one) has its own keys");
+    }
 
     #[test]
     fn each_format_has_its_shape_and_business_gets_no_metrics() {
