@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Service};
 use kube::api::{Api, DynamicObject, ListParams};
 use kube::runtime::reflector::{self, store::Writer, Store};
 use kube::runtime::{watcher, WatchStreamExt};
@@ -15,11 +15,15 @@ use super::model::Snapshot;
 use super::snapshot::{build_snapshot, httproute_resource};
 
 /// How long to wait before checking again whether the HTTPRoute CRD exists.
+/// The label of real nodes (tests/cluster/node), whose pods the simulator leaves alone.
+pub const REAL_NODE_LABEL: &str = "locall.io/real-node";
+
 const ROUTE_DISCOVERY_RETRY: Duration = Duration::from_secs(30);
 
 /// Running reflectors and read handles on their stores.
 pub struct Watchers {
     pods: Store<Pod>,
+    nodes: Store<Node>,
     services: Store<Service>,
     routes: Store<DynamicObject>,
     tasks: Vec<JoinHandle<()>>,
@@ -30,19 +34,36 @@ impl Watchers {
     pub fn start(client: Client) -> Self {
         let (pods, pod_writer) = reflector::store();
         let (services, service_writer) = reflector::store();
+        let (nodes, node_writer) = reflector::store();
         let route_writer = Writer::new(httproute_resource());
         let routes = route_writer.as_reader();
         let tasks = vec![
             tokio::spawn(reflect(Api::<Pod>::all(client.clone()), pod_writer)),
             tokio::spawn(reflect(Api::<Service>::all(client.clone()), service_writer)),
+            tokio::spawn(reflect(Api::<Node>::all(client.clone()), node_writer)),
             tokio::spawn(watch_routes(client, route_writer)),
         ];
-        Self { pods, services, routes, tasks }
+        Self { pods, nodes, services, routes, tasks }
     }
 
     /// The model snapshot of the stores' current contents.
     pub fn snapshot(&self) -> Snapshot {
-        build_snapshot(&self.pods.state(), &self.services.state(), &self.routes.state())
+        // Pods on a real node (tests/cluster/node) are real processes answering real requests
+        // and exporting their own metrics: the simulator stands in only for the others.
+        let real: std::collections::HashSet<String> = self
+            .nodes
+            .state()
+            .iter()
+            .filter(|n| n.metadata.labels.as_ref().is_some_and(|l| l.get(REAL_NODE_LABEL).is_some_and(|v| v == "true")))
+            .filter_map(|n| n.metadata.name.clone())
+            .collect();
+        let pods: Vec<_> = self
+            .pods
+            .state()
+            .into_iter()
+            .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_none_or(|n| !real.contains(n)))
+            .collect();
+        build_snapshot(&pods, &self.services.state(), &self.routes.state())
     }
 
     /// Stops the reflectors.
