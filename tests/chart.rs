@@ -139,10 +139,13 @@ fn rbac_has_no_wildcards_and_aggregates_to_view_and_edit() {
         }
     }
     let by_name = |n: &str| *roles.iter().find(|r| r["metadata"]["name"] == n).unwrap_or_else(|| panic!("{n} rendered"));
-    let view = by_name("locall-operator-view");
+    let operator_role = of_kind(&objs, "ClusterRoleBinding")[0]["roleRef"]["name"].as_str().unwrap().to_string();
+    // Named after the release, as every cluster-scoped object of the chart: a second install
+    // (another namespace's operator) must not collide with the first.
+    let view = by_name(&format!("{operator_role}-view"));
     assert_eq!(view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"], "true");
     assert_eq!(view["rules"][0]["verbs"], serde_json::json!(["get", "list", "watch"]));
-    let edit = by_name("locall-operator-edit");
+    let edit = by_name(&format!("{operator_role}-edit"));
     assert_eq!(edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"], "true");
     let lease_role = of_kind(&objs, "Role")[0];
     assert_eq!(lease_role["metadata"]["namespace"], "locall-system");
@@ -297,6 +300,8 @@ async fn rbac_is_enough(namespaced: bool) {
     let kc_path = cluster().dir.join(format!("kubeconfig-{ns}"));
     let _cleanup = Cleanup { cluster_role: operator_role.clone(), kubeconfig: kc_path.clone() };
     let _cleanup_reader = Cleanup { cluster_role: format!("{operator_role}-metrics-reader"), kubeconfig: kc_path.clone() };
+    let _cleanup_view = Cleanup { cluster_role: format!("{operator_role}-view"), kubeconfig: kc_path.clone() };
+    let _cleanup_edit = Cleanup { cluster_role: format!("{operator_role}-edit"), kubeconfig: kc_path.clone() };
 
     // A kubeconfig holding only the ServiceAccount's token.
     let token = service_account_kubeconfig(&ns, &sa_name, &kc_path);
