@@ -15,7 +15,11 @@ build:
 image:
 	CARGO="$(CARGO)" scripts/image
 
-## The local cluster (real kube-apiserver, controllers, kwok nodes, Prometheus, traffic simulator).
+## The local cluster (real kube-apiserver, controllers, kwok nodes, Prometheus, traffic simulator),
+## and, as root (REAL_NODE=1, the default then), a real node beside the kwok ones
+## (tests/cluster/node: kubelet, kube-proxy, containerd, runc) with this project's images.
+REAL_NODE ?= $(shell [ "$$(id -u)" = 0 ] && echo 1 || echo 0)
+export REAL_NODE
 cluster:
 	tests/cluster/up
 

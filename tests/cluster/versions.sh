@@ -14,5 +14,9 @@ KWOK_BIN=$LOCALL_CACHE/cluster/kwok-$KWOK_VERSION
 # A Job pod with this label is held Running by kwok until the label is removed (see build).
 KWOK_HOLD_LABEL=hold.locall.io/running
 GATEWAY_DIR=$LOCALL_CACHE/cluster/gateway-api-$GATEWAY_API_VERSION
+# Prometheus 3.16 from its Go module (Debian's 2.42 is built without Kubernetes service discovery,
+# which the real node's pods are found by).
+PROMETHEUS_VERSION=v0.316.0
+PROMETHEUS_BIN=$LOCALL_CACHE/cluster/prometheus-$PROMETHEUS_VERSION
 HELM_VERSION=v3.22.0
 HELM_BIN=$LOCALL_CACHE/cluster/helm-$HELM_VERSION
