@@ -17,6 +17,9 @@ GATEWAY_DIR=$LOCALL_CACHE/cluster/gateway-api-$GATEWAY_API_VERSION
 # Prometheus 3.16 from its Go module (Debian's 2.42 is built without Kubernetes service discovery,
 # which the real node's pods are found by).
 PROMETHEUS_VERSION=v0.316.0
-PROMETHEUS_BIN=$LOCALL_CACHE/cluster/prometheus-$PROMETHEUS_VERSION
+# Built with only the discovery it needs (static, file, http and kubernetes): build tags
+# remove_all_sd,enable_kubernetes_sd, part of the cache key.
+PROMETHEUS_TAGS=remove_all_sd,enable_kubernetes_sd
+PROMETHEUS_BIN=$LOCALL_CACHE/cluster/prometheus-$PROMETHEUS_VERSION-k8s-sd
 HELM_VERSION=v3.22.0
 HELM_BIN=$LOCALL_CACHE/cluster/helm-$HELM_VERSION
