@@ -38,6 +38,10 @@ pub struct Context {
     pub client: Client,
     pub deployments: Store<Deployment>,
     pub jobs: Store<Job>,
+    /// True once the Deployment and Job caches have listed. (Not `Store::wait_until_ready` in
+    /// each reconcile: kube-runtime 5.0 wakes only the last of several concurrent waiters, so
+    /// the others hung for good.)
+    pub children_listed: tokio::sync::watch::Receiver<bool>,
     pub recorder: events::Recorder,
     pub metrics: Arc<Metrics>,
     /// Prometheus for metric gates, unless a release names its own.
@@ -199,10 +203,17 @@ pub async fn run(
         scope::watch(deps, selector.clone(), WatchBackoff::default).modify(slim_deployment).reflect(dep_writer).applied_objects();
     let jobs_apis = sc.apis(|| Api::<Job>::all(c.clone()), |ns| Api::namespaced(c.clone(), ns));
     let job_stream = scope::watch(jobs_apis, selector, WatchBackoff::default).modify(slim_job).reflect(job_writer).applied_objects();
+    let (listed, children_listed) = tokio::sync::watch::channel(false);
+    let (d, j) = (deployments.clone(), jobs.clone());
+    tokio::spawn(async move {
+        let _ = futures::future::join(d.wait_until_ready(), j.wait_until_ready()).await;
+        let _ = listed.send(true);
+    });
     let ctx = Arc::new(Context {
         client: client.clone(),
         deployments,
         jobs,
+        children_listed,
         recorder: events::Recorder::new(client.clone(), MANAGER, std::env::var("POD_NAME").ok()),
         metrics: metrics.clone(),
         prometheus_url: config.prometheus_url.clone(),
@@ -394,6 +405,10 @@ pub fn retry_after(n: u32) -> Duration {
 
 #[instrument(skip_all, fields(release = %format!("{}/{}", lr.namespace().unwrap_or_default(), lr.name_any())))]
 async fn reconcile(lr: Arc<LocallRelease>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // The controller waits for the release cache only: the first reconciles after a start would
+    // see empty child caches and apply every Deployment again (10 writes for 12 settled releases
+    // in tests/restart.rs). Instant once both have listed.
+    let _ = ctx.children_listed.clone().wait_for(|listed| *listed).await;
     let started = std::time::Instant::now();
     let api: Api<LocallRelease> = Api::namespaced(ctx.client.clone(), &lr.namespace().unwrap_or_default());
     // After a conflict, the watch cache may be what is behind (a watch that hangs after an API

@@ -122,13 +122,16 @@ const PHASES: [Phase; 10] = [
 
 impl Metrics {
     /// Counts one request to the API server: watch, get (gets and lists), create, patch, update
-    /// or delete.
+    /// or delete; `review` for the TokenReviews and SubjectAccessReviews that guard `/metrics`
+    /// (created, but questions that store nothing: not counted as writes).
     pub fn api_request(&self, method: &str, uri: &str) {
-        let query = uri.split_once('?').map(|(_, q)| q).unwrap_or("");
+        let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
         let watch = query.split('&').any(|kv| kv == "watch=true" || kv == "watch=1");
+        let review = path.ends_with("/tokenreviews") || path.ends_with("/subjectaccessreviews");
         let verb = match method {
             "GET" if watch => "watch",
             "GET" => "get",
+            "POST" if review => "review",
             "POST" => "create",
             "PATCH" => "patch",
             "PUT" => "update",
@@ -229,5 +232,25 @@ pub fn init_tracing(format: &str) {
         let _ = fmt().json().with_current_span(true).with_env_filter(filter).with_writer(std::io::stderr).try_init();
     } else {
         let _ = fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_reviews_guarding_metrics_are_not_counted_as_writes() {
+        let m = super::Metrics::default();
+        m.api_request("POST", "/apis/authentication.k8s.io/v1/tokenreviews");
+        m.api_request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews?timeout=10s");
+        m.api_request("POST", "/apis/events.k8s.io/v1/namespaces/a/events");
+        m.api_request("GET", "/api/v1/services?watch=true&resourceVersion=1");
+        let text = m.encode();
+        for line in [
+            "locall_api_requests_total{verb=\"review\"} 2",
+            "locall_api_requests_total{verb=\"create\"} 1",
+            "locall_api_requests_total{verb=\"watch\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
     }
 }
