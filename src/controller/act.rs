@@ -10,6 +10,7 @@ use crate::{
 use k8s_openapi::api::{apps::v1::Deployment, batch::v1::Job};
 use kube::{
     api::{Api, DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy},
+    runtime::reflector::ObjectRef,
     ResourceExt,
 };
 use std::collections::BTreeSet;
@@ -71,7 +72,6 @@ pub async fn act(ctx: &Context, lr: &LocallRelease, d: &Decision, router: Router
 /// Whether namespace `ns` accepts releases from `from`: the watch cache says yes, or the API
 /// server confirms it (a cache behind a fresh opt-in never refuses).
 async fn accepted(ctx: &Context, ns: &str, from: &str) -> bool {
-    use kube::runtime::reflector::ObjectRef;
     let cached = ctx.namespaces.get(&ObjectRef::new(ns));
     if super::preflight::accepts(cached.as_ref().and_then(|n| n.metadata.annotations.as_ref()), from) {
         return true;
@@ -127,7 +127,7 @@ enum Resize {
 
 async fn apply_deployments(ctx: &Context, lr: &LocallRelease, d: &Decision, pass: Resize) -> Result<(), Error> {
     let release = lr.name_any();
-    let observed = super::observe::deployments(&ctx.deployments, lr);
+    let observed = super::observe::deployments(&ctx.deployments, &ctx.deployment_index, lr);
     for stage in &d.desired.stages {
         let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &stage.namespace);
         for dep in &stage.deployments {
@@ -139,11 +139,7 @@ async fn apply_deployments(ctx: &Context, lr: &LocallRelease, d: &Decision, pass
             }
             if dep.from_spec {
                 let (obj, hash) = build::stamp(build::deployment(lr, stage, dep));
-                let current = ctx
-                    .deployments
-                    .state()
-                    .into_iter()
-                    .find(|x| x.name_any() == name && x.namespace().as_deref() == Some(&stage.namespace));
+                let current = ctx.deployments.get(&ObjectRef::new(&name).within(&stage.namespace));
                 if current.as_ref().is_some_and(|c| c.annotations().get(build::APPLIED_HASH) == Some(&hash)) {
                     continue;
                 }
@@ -172,7 +168,7 @@ async fn apply_deployments(ctx: &Context, lr: &LocallRelease, d: &Decision, pass
 /// success), each only once the router of its namespace, read back, routes nothing to it.
 async fn remove_stale_deployments(ctx: &Context, lr: &LocallRelease, d: &Decision, router: Router) -> Result<(), Error> {
     let release = lr.name_any();
-    let observed = super::observe::deployments(&ctx.deployments, lr);
+    let observed = super::observe::deployments(&ctx.deployments, &ctx.deployment_index, lr);
     let wanted: BTreeSet<(String, String)> = d
         .desired
         .stages
@@ -183,12 +179,8 @@ async fn remove_stale_deployments(ctx: &Context, lr: &LocallRelease, d: &Decisio
         if wanted.contains(&(ns.clone(), name.clone())) {
             continue;
         }
-        let revision = ctx
-            .deployments
-            .state()
-            .into_iter()
-            .find(|x| &x.name_any() == name && x.namespace().as_deref() == Some(ns))
-            .and_then(|x| x.labels().get(crate::api::labels::REVISION).cloned());
+        let revision =
+            ctx.deployments.get(&ObjectRef::new(name).within(ns)).and_then(|x| x.labels().get(crate::api::labels::REVISION).cloned());
         if let Some(rev) = revision {
             if router.routes_to(&ctx.client, lr, ns, &rev).await.map_err(act_err("read back the traffic in namespace", ns.to_string()))? {
                 // Still routed to (a write not yet made or not yet visible): deleted on a later pass.

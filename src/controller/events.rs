@@ -35,12 +35,21 @@ pub struct Recorder {
     instance: String,
     /// Events published lately: their name, namespace, count and when last seen.
     recent: Mutex<HashMap<Key, (String, String, i32, k8s_openapi::jiff::Timestamp)>>,
+    /// When `recent` was last rid of what expired: once a minute, not on every publish (which
+    /// cost O(Events of the last 10 minutes) per Event).
+    pruned: Mutex<std::time::Instant>,
 }
 
 impl Recorder {
     pub fn new(client: Client, controller: &str, instance: Option<String>) -> Self {
         let instance = instance.unwrap_or_else(|| format!("{controller}-{}", std::process::id()));
-        Recorder { client, controller: controller.into(), instance, recent: Default::default() }
+        Recorder {
+            client,
+            controller: controller.into(),
+            instance,
+            recent: Default::default(),
+            pruned: Mutex::new(std::time::Instant::now()),
+        }
     }
 
     /// Publishes `note` about `regarding`: a new Event, or the next count of the same one.
@@ -51,8 +60,13 @@ impl Recorder {
         let seen = {
             let mut recent = self.recent.lock().unwrap();
             let ttl = k8s_openapi::jiff::SignedDuration::try_from(TTL).unwrap_or_default();
-            recent.retain(|_, (_, _, _, at)| at.saturating_add(ttl).is_ok_and(|t| t > now));
-            recent.get(&key).cloned()
+            let live = |at: &k8s_openapi::jiff::Timestamp| at.saturating_add(ttl).is_ok_and(|t| t > now);
+            let mut pruned = self.pruned.lock().unwrap();
+            if pruned.elapsed() >= Duration::from_secs(60) {
+                recent.retain(|_, (_, _, _, at)| live(at));
+                *pruned = std::time::Instant::now();
+            }
+            recent.get(&key).filter(|(_, _, _, at)| live(at)).cloned()
         };
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
         let (name, count) = match seen {

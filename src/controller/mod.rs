@@ -15,7 +15,7 @@ use crate::{
     traffic::{Router, MANAGER},
 };
 use chrono::Utc;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::{apps::v1::Deployment, batch::v1::Job};
 use kube::{
     api::{Api, Patch, PatchParams},
@@ -38,6 +38,9 @@ pub struct Context {
     pub client: Client,
     pub deployments: Store<Deployment>,
     pub jobs: Store<Job>,
+    /// The Deployments' and Jobs' keys by release, kept beside their caches.
+    pub deployment_index: observe::ByRelease,
+    pub job_index: observe::ByRelease,
     /// True once the Deployment and Job caches have listed. (Not `Store::wait_until_ready` in
     /// each reconcile: kube-runtime 5.0 wakes only the last of several concurrent waiters, so
     /// the others hung for good.)
@@ -199,10 +202,23 @@ pub async fn run(
     // The caches keep only what observe and act read: no managedFields, no pod templates.
     let c = client.clone();
     let deps = sc.apis(|| Api::<Deployment>::all(c.clone()), |ns| Api::namespaced(c.clone(), ns));
-    let dep_stream =
-        scope::watch(deps, selector.clone(), WatchBackoff::default).modify(slim_deployment).reflect(dep_writer).applied_objects();
+    let (deployment_index, job_index) = (observe::ByRelease::default(), observe::ByRelease::default());
+    let index = deployment_index.clone();
+    let dep_stream = scope::watch(deps, selector.clone(), WatchBackoff::default)
+        .modify(slim_deployment)
+        .inspect_ok(move |e| index.apply(e))
+        .reflect(dep_writer)
+        .applied_objects();
+    // Status updates that change nothing observe reads (availableReplicas, conditions) do not
+    // reconcile the release again.
+    let dep_stream = dep_stream.predicate_filter(deployment_trigger, Default::default());
     let jobs_apis = sc.apis(|| Api::<Job>::all(c.clone()), |ns| Api::namespaced(c.clone(), ns));
-    let job_stream = scope::watch(jobs_apis, selector, WatchBackoff::default).modify(slim_job).reflect(job_writer).applied_objects();
+    let index = job_index.clone();
+    let job_stream = scope::watch(jobs_apis, selector, WatchBackoff::default)
+        .modify(slim_job)
+        .inspect_ok(move |e| index.apply(e))
+        .reflect(job_writer)
+        .applied_objects();
     let (listed, children_listed) = tokio::sync::watch::channel(false);
     let (d, j) = (deployments.clone(), jobs.clone());
     tokio::spawn(async move {
@@ -213,6 +229,8 @@ pub async fn run(
         client: client.clone(),
         deployments,
         jobs,
+        deployment_index,
+        job_index,
         children_listed,
         recorder: events::Recorder::new(client.clone(), MANAGER, std::env::var("POD_NAME").ok()),
         metrics: metrics.clone(),
@@ -364,11 +382,47 @@ fn release_trigger(lr: &LocallRelease) -> Option<u64> {
     Some(h.finish())
 }
 
+/// Keeps of a Deployment what observe and act read: name, namespace, uid, generation, the
+/// release and revision labels, the applied hash, `spec.replicas` and three status counters.
+/// A thousand Deployments' selectors, conditions and other labels are not kept.
 fn slim_deployment(d: &mut Deployment) {
-    d.managed_fields_mut().clear();
-    if let Some(spec) = d.spec.as_mut() {
-        spec.template = Default::default();
-    }
+    use crate::api::labels::{RELEASE, REVISION};
+    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+    let m = std::mem::take(&mut d.metadata);
+    let keep = |map: Option<std::collections::BTreeMap<String, String>>, keys: &[&str]| {
+        map.map(|m| m.into_iter().filter(|(k, _)| keys.contains(&k.as_str())).collect())
+    };
+    d.metadata = kube::api::ObjectMeta {
+        name: m.name,
+        namespace: m.namespace,
+        uid: m.uid,
+        generation: m.generation,
+        labels: keep(m.labels, &[RELEASE, REVISION]),
+        annotations: keep(m.annotations, &[build::APPLIED_HASH]),
+        ..Default::default()
+    };
+    d.spec = d.spec.take().map(|s| DeploymentSpec { replicas: s.replicas, ..Default::default() });
+    d.status = d.status.take().map(|s| DeploymentStatus {
+        observed_generation: s.observed_generation,
+        ready_replicas: s.ready_replicas,
+        updated_replicas: s.updated_replicas,
+        ..Default::default()
+    });
+}
+
+/// What of a (slimmed) Deployment makes its release worth reconciling again: what observe and
+/// act read, not the status counters and conditions they do not.
+fn deployment_trigger(d: &Deployment) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    d.metadata.uid.hash(&mut h);
+    d.metadata.generation.hash(&mut h);
+    d.metadata.labels.hash(&mut h);
+    d.metadata.annotations.hash(&mut h);
+    d.spec.as_ref().and_then(|s| s.replicas).hash(&mut h);
+    let s = d.status.clone().unwrap_or_default();
+    (s.observed_generation, s.ready_replicas, s.updated_replicas).hash(&mut h);
+    Some(h.finish())
 }
 
 fn slim_job(j: &mut Job) {
@@ -598,8 +652,8 @@ async fn observe(ctx: &Context, lr: &LocallRelease, status: &LocallReleaseStatus
         None
     });
     let mut obs = Observed {
-        deployments: observe::deployments(&ctx.deployments, lr),
-        jobs: observe::jobs(&ctx.jobs, lr),
+        deployments: observe::deployments(&ctx.deployments, &ctx.deployment_index, lr),
+        jobs: observe::jobs(&ctx.jobs, &ctx.job_index, lr),
         annotation_approval: approval,
         requested: observe::requested(lr),
         request,

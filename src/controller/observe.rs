@@ -6,17 +6,87 @@ use crate::{
     engine::{names, DeploymentObs, JobObs},
 };
 use k8s_openapi::api::{apps::v1::Deployment, batch::v1::Job};
-use kube::{runtime::reflector::Store, ResourceExt};
-use std::collections::BTreeMap;
+use kube::{
+    runtime::{
+        reflector::{ObjectRef, Store},
+        watcher::Event,
+    },
+    ResourceExt,
+};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{Arc, RwLock},
+};
 
-/// The release's children in a store, by (namespace, name).
-fn owned<K: kube::Resource<DynamicType = ()> + Clone>(store: &Store<K>, lr: &LocallRelease) -> Vec<std::sync::Arc<K>> {
-    let value = names::release_label(&lr.namespace().unwrap_or_default(), &lr.name_any());
-    store.state().into_iter().filter(|o| o.labels().get(labels::RELEASE) == Some(&value)).collect()
+/// A watch cache's children by their release label: (namespace, name) of each. Kept from the
+/// same watch events as the cache, so a reconcile finds its release's children without
+/// scanning every child of every release (which made each reconcile cost O(releases)).
+#[derive(Clone, Default)]
+pub struct ByRelease {
+    map: Arc<RwLock<Keys>>,
+    /// A relist in progress: it replaces the map once done, as the cache's own relist does.
+    relist: Arc<RwLock<Option<Keys>>>,
 }
 
-pub fn deployments(store: &Store<Deployment>, lr: &LocallRelease) -> BTreeMap<(String, String), DeploymentObs> {
-    owned(store, lr)
+/// Release label -> (namespace, name) of each child.
+type Keys = HashMap<String, BTreeSet<(String, String)>>;
+
+impl ByRelease {
+    /// Follows one watch event (of the stream that fills the cache).
+    pub fn apply<K: kube::Resource>(&self, event: &Event<K>) {
+        let entry = |o: &K| {
+            let release = o.meta().labels.as_ref()?.get(labels::RELEASE)?.clone();
+            Some((release, (o.meta().namespace.clone().unwrap_or_default(), o.meta().name.clone().unwrap_or_default())))
+        };
+        match event {
+            Event::Init => *self.relist.write().unwrap() = Some(HashMap::new()),
+            Event::InitApply(o) => {
+                if let (Some(m), Some((r, key))) = (self.relist.write().unwrap().as_mut(), entry(o)) {
+                    m.entry(r).or_default().insert(key);
+                }
+            }
+            Event::InitDone => {
+                if let Some(m) = self.relist.write().unwrap().take() {
+                    *self.map.write().unwrap() = m;
+                }
+            }
+            Event::Apply(o) => {
+                if let Some((r, key)) = entry(o) {
+                    self.map.write().unwrap().entry(r).or_default().insert(key);
+                }
+            }
+            Event::Delete(o) => {
+                if let Some((r, key)) = entry(o) {
+                    let mut map = self.map.write().unwrap();
+                    if let Some(set) = map.get_mut(&r) {
+                        set.remove(&key);
+                        if set.is_empty() {
+                            map.remove(&r);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn get(&self, release: &str) -> Vec<(String, String)> {
+        self.map.read().unwrap().get(release).map(|s| s.iter().cloned().collect()).unwrap_or_default()
+    }
+}
+
+/// The release's children in a store (looked up through the index, checked against the cache).
+fn owned<K: kube::Resource<DynamicType = ()> + Clone>(store: &Store<K>, index: &ByRelease, lr: &LocallRelease) -> Vec<Arc<K>> {
+    let value = names::release_label(&lr.namespace().unwrap_or_default(), &lr.name_any());
+    index
+        .get(&value)
+        .into_iter()
+        .filter_map(|(ns, name)| store.get(&ObjectRef::new(&name).within(&ns)))
+        .filter(|o| o.labels().get(labels::RELEASE) == Some(&value))
+        .collect()
+}
+
+pub fn deployments(store: &Store<Deployment>, index: &ByRelease, lr: &LocallRelease) -> BTreeMap<(String, String), DeploymentObs> {
+    owned(store, index, lr)
         .into_iter()
         .map(|d| {
             let key = (d.namespace().unwrap_or_default(), d.name_any());
@@ -33,8 +103,8 @@ pub fn deployments(store: &Store<Deployment>, lr: &LocallRelease) -> BTreeMap<(S
         .collect()
 }
 
-pub fn jobs(store: &Store<Job>, lr: &LocallRelease) -> BTreeMap<(String, String), JobObs> {
-    owned(store, lr).into_iter().map(|j| ((j.namespace().unwrap_or_default(), j.name_any()), job_state(&j))).collect()
+pub fn jobs(store: &Store<Job>, index: &ByRelease, lr: &LocallRelease) -> BTreeMap<(String, String), JobObs> {
+    owned(store, index, lr).into_iter().map(|j| ((j.namespace().unwrap_or_default(), j.name_any()), job_state(&j))).collect()
 }
 
 /// A Job's state from its conditions (pure).
@@ -81,5 +151,58 @@ pub fn request(lr: &LocallRelease) -> Result<Option<crate::api::Request>, String
         Some(v) => serde_json::from_str(v)
             .map(Some)
             .map_err(|e| format!("metadata.annotations[{}]: expected {{\"action\":..,\"id\":..,\"by\":..}}: {e}", labels::REQUEST)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::{reflector, watcher::Event};
+
+    fn dep(ns: &str, name: &str, release: &str) -> Deployment {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": ns, "labels": {labels::RELEASE: release}}
+        }))
+        .unwrap()
+    }
+
+    fn release(ns: &str, name: &str) -> LocallRelease {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "locall.io/v1alpha1", "kind": "LocallRelease", "metadata": {"name": name, "namespace": ns},
+            "spec": {"version": "1", "template": {"spec": {"containers": []}}, "stages": [{"name": "production"}]}
+        }))
+        .unwrap()
+    }
+
+    /// The index follows the cache through a list, changes and a relist: a release finds its
+    /// children in any namespace, and none of another release's or of what was deleted.
+    #[test]
+    fn a_release_finds_exactly_its_children_through_lists_and_relists() {
+        let (store, mut writer) = reflector::store::<Deployment>();
+        let index = ByRelease::default();
+        let mut feed = |e: Event<Deployment>| {
+            index.apply(&e);
+            writer.apply_watcher_event(&e);
+        };
+        let names = |lr: &LocallRelease| deployments(&store, &index, lr).into_keys().collect::<Vec<_>>();
+        let key = |ns: &str, n: &str| (ns.to_string(), n.to_string());
+        let (a, b) = (release("team", "a"), release("team", "b"));
+        feed(Event::Init);
+        feed(Event::InitApply(dep("team", "a-1", "team.a")));
+        feed(Event::InitApply(dep("staging", "a-1", "team.a")));
+        feed(Event::InitApply(dep("team", "b-1", "team.b")));
+        assert!(names(&a).is_empty(), "nothing before the list is done");
+        feed(Event::InitDone);
+        assert_eq!(names(&a), vec![key("staging", "a-1"), key("team", "a-1")]);
+        feed(Event::Apply(dep("team", "a-2", "team.a")));
+        feed(Event::Delete(dep("staging", "a-1", "team.a")));
+        assert_eq!(names(&a), vec![key("team", "a-1"), key("team", "a-2")]);
+        assert_eq!(names(&b), vec![key("team", "b-1")]);
+        // A relist that no longer holds a-1 and b-1.
+        feed(Event::Init);
+        feed(Event::InitApply(dep("team", "a-2", "team.a")));
+        feed(Event::InitDone);
+        assert_eq!(names(&a), vec![key("team", "a-2")]);
+        assert!(names(&b).is_empty());
     }
 }
