@@ -64,6 +64,10 @@ async fn a_release_acts_only_in_namespaces_that_accept_it_and_only_as_accounts_t
     assert!(ok, "{err}");
     let (ok, _, err) = kubectl(&["-n", &theirs, "create", "serviceaccount", "deployer"]);
     assert!(ok, "{err}");
+    // The release's own Jobs (pre-deploy, migration) run in its namespace as the template's
+    // account: it exists there too, or the API server's ServiceAccount admission refuses their pods.
+    let (ok, _, err) = kubectl(&["-n", &ns, "create", "serviceaccount", "deployer"]);
+    assert!(ok, "{err}");
     let api: Api<LocallRelease> = Api::namespaced(client.clone(), &ns);
 
     // 1. Not opted in: Failed naming the field, nothing created there, nothing read there.
