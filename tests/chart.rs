@@ -165,7 +165,7 @@ spec:
   replicas: 2
   service: {{port: 8080}}
   template:
-    spec: {{containers: [{{name: api, image: "locall/api:{version}"}}]}}
+    spec: {{serviceAccountName: api, containers: [{{name: api, image: "locall/api:{version}"}}]}}
   preflight:
     secrets: [{{name: locall-db, keys: [url]}}]
     configMaps: [{{name: locall-config, keys: [region]}}]
@@ -268,7 +268,12 @@ async fn rbac_is_enough(namespaced: bool) {
     let ns = namespace(&client, "chart").await;
     let stg = format!("{ns}-stg");
     stage_namespace(&stg, &ns);
+    // The pods run as the account api, which the stage namespace lends to this one.
+    let (ok, _, err) = kubectl(&["annotate", "namespace", &stg, "locall.io/service-accounts=api"]);
+    assert!(ok, "{err}");
     for n in [&ns, &stg] {
+        let (ok, _, err) = kubectl(&["-n", n, "create", "serviceaccount", "api"]);
+        assert!(ok, "{err}");
         let (ok, _, err) = kubectl(&["-n", n, "create", "secret", "generic", "locall-db", "--from-literal=url=postgres://db"]);
         assert!(ok, "{err}");
         let (ok, _, err) = kubectl(&["-n", n, "create", "configmap", "locall-config", "--from-literal=region=eu"]);

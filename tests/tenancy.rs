@@ -64,10 +64,6 @@ async fn a_release_acts_only_in_namespaces_that_accept_it_and_only_as_accounts_t
     assert!(ok, "{err}");
     let (ok, _, err) = kubectl(&["-n", &theirs, "create", "serviceaccount", "deployer"]);
     assert!(ok, "{err}");
-    // The release's own Jobs (pre-deploy, migration) run in its namespace as the template's
-    // account: it exists there too, or the API server's ServiceAccount admission refuses their pods.
-    let (ok, _, err) = kubectl(&["-n", &ns, "create", "serviceaccount", "deployer"]);
-    assert!(ok, "{err}");
     let api: Api<LocallRelease> = Api::namespaced(client.clone(), &ns);
 
     // 1. Not opted in: Failed naming the field, nothing created there, nothing read there.
@@ -90,10 +86,24 @@ async fn a_release_acts_only_in_namespaces_that_accept_it_and_only_as_accounts_t
     .await;
     nothing_of_ours_in(&client, &theirs).await;
 
-    // 3. It lends the account: the same release goes through.
+    // 3. It lends the account, but the release's own Jobs (pre-deploy, migration) run in its
+    // namespace as that account too, and it does not exist there: Failed naming the field, not a
+    // wait for a Job whose pod the API server refuses.
     let (ok, _, err) = kubectl(&["annotate", "namespace", &theirs, "locall.io/service-accounts=deployer"]);
     assert!(ok, "{err}");
     request(&ns, "retry", "r2", "dev@locall.io");
+    let missing = format!("spec.template.spec.serviceAccountName: ServiceAccount {ns}/deployer not found");
+    wait_for(Duration::from_secs(30), "the retry to fail on the missing account", || async {
+        let st = api.get_opt("locall-api").await.ok()??.status?;
+        (st.phase == Phase::Failed && st.message.contains(&missing)).then_some(())
+    })
+    .await;
+    nothing_of_ours_in(&client, &theirs).await;
+
+    // 4. With the account in both namespaces, the same release goes through.
+    let (ok, _, err) = kubectl(&["-n", &ns, "create", "serviceaccount", "deployer"]);
+    assert!(ok, "{err}");
+    request(&ns, "retry", "r3", "dev@locall.io");
     wait_for(Duration::from_secs(120), "1.0.0 Succeeded", || async {
         let st = api.get_opt("locall-api").await.ok()??.status?;
         (st.phase == Phase::Succeeded).then_some(())

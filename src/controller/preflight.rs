@@ -14,7 +14,7 @@
 
 use crate::api::{CheckResult, LocallRelease};
 use chrono::{DateTime, Utc};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use kube::{Api, Client, ResourceExt};
 use std::collections::BTreeSet;
 
@@ -110,8 +110,29 @@ pub async fn run(client: &Client, lr: &LocallRelease, now: DateTime<Utc>, policy
     if out.iter().any(|c| !c.passed) {
         return Ok(out);
     }
-    let Some(p) = &lr.spec.preflight else { return Ok(out) };
     let namespaces: BTreeSet<String> = (0..lr.spec.stages.len()).map(|i| lr.spec.stage_namespace(i, &release_ns).to_string()).collect();
+    // The account the pods and Jobs run as must exist wherever they run (the release's namespace,
+    // for its Jobs, and every stage's): the API server refuses their pods otherwise, and the
+    // release would wait for a Job whose pod is never created.
+    if let Some(sa) = &account {
+        for ns in namespaces.iter().chain(std::iter::once(&release_ns)).collect::<BTreeSet<_>>() {
+            let found = Api::<ServiceAccount>::namespaced(client.clone(), ns).get_opt(sa).await?;
+            out.push(CheckResult {
+                name: format!("ServiceAccount {ns}/{sa}"),
+                passed: found.is_some(),
+                message: match found {
+                    Some(_) => format!("spec.template.spec.serviceAccountName: ServiceAccount {ns}/{sa} exists"),
+                    None => format!(
+                        "spec.template.spec.serviceAccountName: ServiceAccount {ns}/{sa} not found (the release's pods and Jobs in {ns} run as it)"
+                    ),
+                },
+            });
+        }
+        if out.iter().any(|c| !c.passed) {
+            return Ok(out);
+        }
+    }
+    let Some(p) = &lr.spec.preflight else { return Ok(out) };
     for ns in &namespaces {
         let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
         let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
