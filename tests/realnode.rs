@@ -18,15 +18,9 @@ use std::{
 };
 use support::*;
 
-/// A value of the cluster's env file (tests/cluster/up).
-fn cluster_env(name: &str) -> String {
-    let env = std::fs::read_to_string(cluster().dir.join("env")).expect("target/cluster/env");
-    env.lines().filter_map(|l| l.strip_prefix("export ")).find_map(|l| l.strip_prefix(&format!("{name}="))).unwrap_or_default().to_string()
-}
-
 /// The real node, brought up when it is not (idempotent: re-imports the images when it is).
 fn real_node() -> String {
-    let host = cluster_env("LOCALL_HOST_ADDRESS");
+    let host = cluster().host_address.clone();
     assert!(
         !host.is_empty() && host != "127.0.0.1",
         "the local cluster listens on loopback only ({host:?}), which pods on a real node cannot reach: \
@@ -198,7 +192,7 @@ async fn the_chart_on_a_real_node_releases_a_real_application_and_rolls_back_a_b
     .await;
     let mut load = Command::new(env!("CARGO_BIN_EXE_locall-demo-app"));
     load.args(["load", &format!("http://{ip}:8080/"), "--rps", "40", "--seconds", "600", "--concurrency", "16"]);
-    let _load = Load(load.spawn().expect("the load generator"));
+    let _load = Load(spawn_tied_to_process(load));
     wait_phase(&releases, Phase::Succeeded, Duration::from_secs(180)).await;
 
     // 2.0.0: shifted 25, 50, 100 % on the pods' own measurements.
@@ -264,7 +258,7 @@ impl Drop for Uninstall {
     }
 }
 
-/// The load generator, stopped when the test ends.
+/// The load generator, stopped when the test ends (and with the test process, if it dies).
 struct Load(std::process::Child);
 
 impl Drop for Load {

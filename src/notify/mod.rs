@@ -47,7 +47,11 @@ pub fn summary(lr: &LocallRelease, o: &Owed, audience: Audience) -> String {
 /// The idempotency key of an owed notification: unique per release object (its uid) and per
 /// notice, the same on every attempt and after a restart.
 pub fn key(lr: &LocallRelease, o: &Owed) -> String {
-    format!("{}-{}", lr.uid().unwrap_or_default(), o.id)
+    key_of(lr, &o.id)
+}
+
+fn key_of(lr: &LocallRelease, id: &str) -> String {
+    format!("{}-{id}", lr.uid().unwrap_or_default())
 }
 
 /// The payload for a target (pure).
@@ -159,7 +163,7 @@ impl Delivered {
         let mut known = self.0.lock().unwrap();
         known.retain(|_, at| now.duration_since(*at) < REMEMBER_FOR);
         for (id, _) in results.iter().filter(|(_, r)| r.is_ok()) {
-            known.insert(format!("{}-{id}", lr.uid().unwrap_or_default()), now);
+            known.insert(key_of(lr, id), now);
         }
     }
 }

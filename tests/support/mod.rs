@@ -15,6 +15,8 @@ pub struct Cluster {
     pub kubeconfig: PathBuf,
     pub prometheus_url: String,
     pub dir: PathBuf,
+    /// Where pods on the real node reach the API server and Prometheus (127.0.0.1: they cannot).
+    pub host_address: String,
 }
 
 pub fn repo() -> PathBuf {
@@ -35,7 +37,12 @@ pub fn cluster() -> &'static Cluster {
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Cluster { kubeconfig: PathBuf::from(&vars["KUBECONFIG"]), prometheus_url: vars["PROMETHEUS_URL"].clone(), dir }
+        Cluster {
+            kubeconfig: PathBuf::from(&vars["KUBECONFIG"]),
+            prometheus_url: vars["PROMETHEUS_URL"].clone(),
+            host_address: vars.get("LOCALL_HOST_ADDRESS").cloned().unwrap_or_default(),
+            dir,
+        }
     })
 }
 
@@ -230,7 +237,7 @@ pub fn shared_operator() {
 /// Spawns `cmd` so that it dies with the test process. PR_SET_PDEATHSIG fires when the thread
 /// that forked exits, so every child is forked by one spawner thread that lives as long as the
 /// process.
-fn spawn_tied_to_process(mut cmd: Command) -> std::process::Child {
+pub fn spawn_tied_to_process(mut cmd: Command) -> std::process::Child {
     use std::{os::unix::process::CommandExt, sync::mpsc};
     type Request = (Command, mpsc::Sender<std::process::Child>);
     static SPAWNER: OnceLock<std::sync::Mutex<mpsc::Sender<Request>>> = OnceLock::new();
