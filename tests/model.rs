@@ -10,8 +10,8 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use locall_operator::{
-    api::{self, FailureReason, JobKind, JobState, LocallReleaseSpec, LocallReleaseStatus, Phase, Request, Verdict},
-    engine::{decide, gates, Decision, Refusal, Release},
+    api::{self, conditions, FailureReason, JobKind, JobState, LocallReleaseSpec, LocallReleaseStatus, Phase, Request, Verdict},
+    engine::{decide, gates, names, Decision, Refusal, Release},
     plan::world::{self, Behaviour, JobEnd, World},
 };
 use proptest::{prelude::*, strategy::ValueTree};
@@ -39,6 +39,9 @@ struct SpecParams {
     go_live: Option<Vec<(u64, u64)>>,
     rollback_verify: bool,
     approve_in_spec: bool,
+    /// 0: one template; 2 or 3: components (api with traffic, a worker after it, a web with
+    /// traffic after both).
+    components: u8,
 }
 
 #[derive(Clone, Debug)]
@@ -106,9 +109,16 @@ fn arb_spec() -> impl Strategy<Value = SpecParams> {
         0.5,
         prop::collection::vec((prop::sample::select(vec![60u64, 900, 7200, 79_200]), prop::sample::select(vec![60u64, 300, 900])), 0..=3),
     );
-    ((0u8..4, stages, 0u8..=2, prop::option::of(any::<bool>()), 0u8..=1, any::<bool>()), (analysis, go_live, any::<bool>(), any::<bool>()))
+    let components = prop_oneof![3 => Just(0u8), 1 => Just(2), 1 => Just(3)];
+    (
+        (0u8..4, stages, 0u8..=2, prop::option::of(any::<bool>()), 0u8..=1, any::<bool>()),
+        (analysis, go_live, any::<bool>(), any::<bool>(), components),
+    )
         .prop_map(
-            |((version, stages, pre_deploy, migration, post_deploy, gateway), (analysis, go_live, rollback_verify, approve_in_spec))| {
+            |(
+                (version, stages, pre_deploy, migration, post_deploy, gateway),
+                (analysis, go_live, rollback_verify, approve_in_spec, components),
+            )| {
                 SpecParams {
                     version,
                     stages,
@@ -120,6 +130,7 @@ fn arb_spec() -> impl Strategy<Value = SpecParams> {
                     go_live,
                     rollback_verify,
                     approve_in_spec,
+                    components,
                 }
             },
         )
@@ -167,6 +178,18 @@ fn build(p: &SpecParams) -> LocallReleaseSpec {
         "notifications": [{"name": "oncall", "format": "Slack", "urlSecret": {"name": "hooks", "key": "url"}},
                           {"name": "business", "format": "Webhook", "urlSecret": {"name": "hooks", "key": "biz"}, "events": ["Succeeded"]}],
     });
+    if p.components > 0 {
+        let template = |c: &str| json!({"spec": {"containers": [{"name": c, "image": format!("{c}:{version}")}]}});
+        let mut list = vec![
+            json!({"name": "api", "service": {"port": 8080}, "template": template("api")}),
+            json!({"name": "worker", "replicas": 1, "after": ["api"], "template": template("worker")}),
+        ];
+        if p.components > 2 {
+            list.push(json!({"name": "web", "service": {"port": 80}, "after": ["api", "worker"], "template": template("web")}));
+        }
+        spec.as_object_mut().unwrap().remove("template");
+        spec["components"] = Value::Array(list);
+    }
     if let Some(changes) = p.migration {
         spec["hooks"]["migration"] =
             json!({"changesSchema": changes, "backup": {"command": ["b"]}, "migrate": {"command": ["m"]}, "restore": {"command": ["r"]}});
@@ -188,6 +211,15 @@ fn build(p: &SpecParams) -> LocallReleaseSpec {
                 }
                 if *rollback {
                     m["rollback"] = json!({"op": ">", "value": 0.05});
+                }
+                // With components: the first gates the api, the second the worker, the third
+                // is written for every component ({{component}} in its query).
+                if p.components > 0 {
+                    match i % 3 {
+                        0 => m["component"] = json!("api"),
+                        1 => m["component"] = json!("worker"),
+                        _ => m["query"] = json!("q{component=\"{{component}}\"}"),
+                    }
                 }
                 m
             })
@@ -539,9 +571,9 @@ fn check(
     if same_attempt && prev.stage == st.stage && st.step > prev.step && matches!(st.phase, Phase::Staging | Phase::Production) {
         let stage = spec.stages.iter().find(|s| s.name == prev.stage);
         if !(promoted || prev.promoted_step == Some(prev.step)) {
-            if let (Some(a), Some(started)) = (spec.analysis.as_ref().filter(|a| !a.dry_run), prev.step_started_at) {
+            if let (Some(_), Some(started)) = (spec.analysis.as_ref().filter(|a| !a.dry_run), prev.step_started_at) {
                 let key = format!("{}/{}", prev.stage, st.candidate_version);
-                for m in &a.metrics {
+                for m in gates::metrics(spec, NAME).iter() {
                     let g = st.gates.iter().find(|g| g.metric == m.name && g.target == key);
                     prop_assert!(
                         g.is_some_and(|g| g.verdict == Verdict::Pass && g.measured_at >= started),
@@ -564,11 +596,11 @@ fn check(
     }
     // Succeeded only after the gates of the last window passed.
     if st.phase == Phase::Succeeded && prev.phase == Phase::GoLive && !promoted {
-        if let Some(a) = spec.analysis.as_ref().filter(|a| !a.dry_run) {
+        if spec.analysis.as_ref().is_some_and(|a| !a.dry_run) {
             let key = format!("{}/{}", st.stage, st.candidate_version);
             let windows = spec.go_live.clone().map(|g| g.effective()).unwrap_or_default();
             if !windows.is_empty() {
-                for m in &a.metrics {
+                for m in gates::metrics(spec, NAME).iter() {
                     let g = st.gates.iter().find(|g| g.metric == m.name && g.target == key);
                     prop_assert!(g.is_some_and(|g| g.verdict == Verdict::Pass), "Succeeded without {} passing: {:?}", m.name, g);
                 }
@@ -580,9 +612,12 @@ fn check(
     if applied && st.phase == Phase::RolledBack && prev.phase != Phase::RolledBack {
         let had_stable = st.stable.as_ref().is_some_and(|s| s.revision != st.revision);
         if had_stable {
+            // Every part's route (the namespace's, or each component's).
             for s in &st.reached {
-                let share = w.routes.get(&s.namespace).map(|r| r.share(&st.revision)).unwrap_or(0);
-                prop_assert_eq!(share, 0, "RolledBack with {}% still on the candidate in {}", share, s.namespace);
+                for (key, r) in w.routes.iter().filter(|(k, _)| k.split('/').next() == Some(s.namespace.as_str())) {
+                    let share = r.share(&st.revision);
+                    prop_assert_eq!(share, 0, "RolledBack with {}% still on the candidate in {}", share, key);
+                }
             }
         }
         // A restore is claimed only when it ran.
@@ -620,6 +655,63 @@ fn run_history(params: &[SpecParams], faults: &Faults, steps: &[Step]) -> Result
         let next = r.world.now + chrono::Duration::from_std(wait).unwrap();
         r.world.advance_to(next);
     }
+    settled_rollback_leaves_nothing_new(&mut r)
+}
+
+/// After a rollback, once the cluster heals (every Deployment Ready, routes accepted), no part
+/// of the release is left on the new version: every component's new Deployment at zero, its
+/// previous version's Ready, in every stage the new version reached.
+fn settled_rollback_leaves_nothing_new(r: &mut Run) -> Result<(), TestCaseError> {
+    if r.status.phase != Phase::RolledBack || r.world.routes.is_empty() {
+        return Ok(());
+    }
+    r.world.heal();
+    for _ in 0..10 {
+        if r.status.phase != Phase::RolledBack {
+            return Ok(()); // a spec edit started another release meanwhile
+        }
+        r.tick(None, false)?;
+        let next = r.world.now + chrono::Duration::seconds(5);
+        r.world.advance_to(next);
+    }
+    let st = r.status.clone();
+    let Some(stable) = st.stable.clone().filter(|s| s.revision != st.revision) else { return Ok(()) };
+    let trace = || format!("\nlast ticks:\n{}\ndeleted: {:?}", r.trace.join("\n"), r.world.deleted);
+    for s in &st.reached {
+        for part in locall_operator::engine::parts_of(&st.components) {
+            let base = part.base(NAME);
+            let cand = r.world.deployment(&s.namespace, &names::deployment(&base, &st.revision));
+            prop_assert!(
+                cand.as_ref().is_none_or(|d| d.replicas == 0),
+                "RolledBack with {} of {:?} still on {} in {}{}",
+                cand.map_or(0, |d| d.replicas),
+                part.component,
+                st.candidate_version,
+                s.namespace,
+                trace()
+            );
+            let runs_there = stable.namespaces.is_empty() || stable.namespaces.contains(&s.namespace);
+            let had = locall_operator::engine::parts_of(&stable.components).iter().any(|p| p.component == part.component);
+            if runs_there && had {
+                // The previous version's Deployment is back and Ready, unless someone deleted it
+                // by hand (its template is no longer in the spec: nobody can rebuild it), and
+                // then the rollback does not claim to be verified.
+                let old = r.world.deployment(&s.namespace, &names::deployment(&base, &stable.revision));
+                let want = part.replicas_in(s.replicas);
+                let verified = conditions::is_true(&st.conditions, "RollbackVerified");
+                prop_assert!(
+                    old.as_ref().map_or(!verified, |d| d.ready >= want),
+                    "RolledBack (verified: {}) with {:?} of {} not Ready in {}: {:?}{}",
+                    verified,
+                    part.component,
+                    stable.version,
+                    s.namespace,
+                    old,
+                    trace()
+                );
+            }
+        }
+    }
     Ok(())
 }
 
@@ -647,6 +739,71 @@ proptest! {
         steps in (1usize..4).prop_flat_map(|n| prop::collection::vec(arb_step(n), 20..160)),
     ) {
         run_history(&params, &faults, &steps)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(300), max_shrink_iters: 300, failure_persistence: None, rng_seed: seed(), ..ProptestConfig::default() })]
+
+    /// A release of several components succeeds, then its next version meets anything (faults,
+    /// breaches, edits, requests): every invariant holds after every tick, and if it ends
+    /// rolled back, once the cluster heals no component is left on the new version and every
+    /// component of the previous one is Ready where the new one went.
+    #[test]
+    fn a_rollback_leaves_no_component_on_the_new_version(
+        first in arb_spec(),
+        second in arb_spec(),
+        faults in arb_faults(false),
+        steps in prop::collection::vec(arb_step(2), 20..120),
+    ) {
+        let (mut first, mut second) = (first, second);
+        second.version = (first.version + 1) % 4;
+        first.components = first.components.max(2);
+        second.components = second.components.max(2);
+        // The first release only has to succeed, quickly.
+        first.go_live = None;
+        for s in first.stages.iter_mut() {
+            for step in s.steps.iter_mut() {
+                step.1 = step.1.map(|p| p.min(30));
+            }
+        }
+        let healthy = Faults { jobs: vec![(5, 0)], ready: vec![Some(5)], refuse: vec![false], refuse_child: vec![0] };
+        let mut r = Run::new(vec![build(&first), build(&second)], &healthy, true);
+        let mut ticks = 0;
+        while !r.status.phase.is_terminal() || ticks == 0 {
+            let d = r.tick(None, false)?;
+            ticks += 1;
+            prop_assert!(ticks < 20_000, "the first release never ended: {}", r.status.message);
+            r.world.advance_to(r.world.now + chrono::Duration::from_std(next_look(&d)).unwrap());
+        }
+        prop_assert_eq!(r.status.phase, Phase::Succeeded, "{}", r.status.message);
+        // Then the second version, with everything that can go wrong.
+        r.world.behaviour = behaviour(&faults, r.metric.clone(), true);
+        r.refuse_child = faults.refuse_child.clone();
+        r.spec = 1;
+        let mut lose = false;
+        for s in &steps {
+            *r.metric.lock().unwrap() = s.metric;
+            let mut request = None;
+            match &s.event {
+                Event::None => {}
+                Event::Edit(i) => r.spec = *i % 2,
+                Event::Request(a) => request = Some(*a),
+                Event::LoseWrite => lose = true,
+                Event::DeleteCandidate => {
+                    let rev = r.status.revision.clone();
+                    for st in r.status.reached.clone() {
+                        r.world.delete_deployment(&st.namespace, &rev);
+                    }
+                }
+            }
+            let d = r.tick(request, lose)?;
+            lose = false;
+            let wait = if s.jump_ms == 0 { next_look(&d) } else { Duration::from_millis(s.jump_ms) };
+            let next = r.world.now + chrono::Duration::from_std(wait).unwrap();
+            r.world.advance_to(next);
+        }
+        settled_rollback_leaves_nothing_new(&mut r)?;
     }
 }
 

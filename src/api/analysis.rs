@@ -86,6 +86,12 @@ pub struct Metric {
     /// Who cares about this metric in notifications: technical or business.
     #[serde(default)]
     pub audience: Audience,
+    /// In a multi-component release, the component this metric gates (its `{{service}}` and
+    /// `{{component}}` are that component's). Unset: a query naming `{{component}}` or
+    /// `{{service}}` gates every component, each measured on its own; any other is shared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 20))]
+    pub component: Option<String>,
 }
 
 fn one() -> u32 {

@@ -23,6 +23,8 @@ pub mod labels {
     pub const MANAGER: &str = "locall-operator";
     /// `<namespace>.<name>` of the owning release: children may live in other namespaces.
     pub const RELEASE: &str = "locall.io/release";
+    /// The component of a multi-component release an object or pod belongs to.
+    pub const COMPONENT: &str = "app.kubernetes.io/component";
     /// The revision (hash of version and pod template) of a Deployment's pods.
     pub const REVISION: &str = "locall.io/revision";
     /// The stage an object belongs to.

@@ -37,6 +37,8 @@ pub const NAME_PATTERN: &str = r"^[a-z0-9]+(-[a-z0-9]+)*$";
     printcolumn(name = "Stage", type_ = "string", json_path = ".status.stage"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Weight", type_ = "integer", json_path = ".status.weight"),
+    // Components whose version in flight is Ready where the release stands (multi-component releases).
+    printcolumn(name = "Components", type_ = "string", json_path = ".status.componentsReady"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     // The release's name names its Services and Deployments: a DNS-1035 label of at most 54
@@ -50,6 +52,9 @@ pub const NAME_PATTERN: &str = r"^[a-z0-9]+(-[a-z0-9]+)*$";
 #[x_kube(validation = Rule::new("self.traffic.method != 'GatewayAPI' || has(self.traffic.gateway)").message("traffic.gateway is required when traffic.method is GatewayAPI").field_path(".traffic.gateway"))]
 #[x_kube(validation = Rule::new("!has(self.approvals) || self.approvals.all(a, self.stages.exists(s, s.name == a.stage))").message("approvals: every approval must name a stage of this release").field_path(".approvals"))]
 #[x_kube(validation = Rule::new("self.traffic.method != 'ReplicaRatio' || !has(self.traffic.gateway)").message("traffic.gateway must not be set when traffic.method is ReplicaRatio").field_path(".traffic.gateway"))]
+#[x_kube(validation = Rule::new("has(self.template) != (has(self.components) && self.components.size() > 0)").message("set either template (one application) or components (several), not both").field_path(".components"))]
+#[x_kube(validation = Rule::new("!has(self.components) || self.components.all(c, !has(c.after) || c.after.all(a, a != c.name && self.components.exists(d, d.name == a)))").message("components[].after: name other components of this release").field_path(".components"))]
+#[x_kube(validation = Rule::new("!has(self.components) || !has(self.analysis) || !has(self.analysis.metrics) || self.analysis.metrics.all(m, !has(m.component) || self.components.exists(c, c.name == m.component))").message("analysis.metrics[].component: name a component of this release").field_path(".analysis.metrics"))]
 pub struct LocallReleaseSpec {
     /// The application version this release rolls out, e.g. "2.4.0". Shown as the Version column.
     #[schemars(length(min = 1, max = 63), regex(pattern = r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$"))]
@@ -62,9 +67,21 @@ pub struct LocallReleaseSpec {
 
     /// The application's pod template. The operator adds its labels
     /// (`app.kubernetes.io/name`, `app.kubernetes.io/version`, `locall.io/revision`). Every
-    /// container (and init container) needs an `image` and a DNS-label name.
+    /// container (and init container) needs an `image` and a DNS-label name. A release of
+    /// several services lists `components` instead.
+    #[serde(default, skip_serializing_if = "is_empty_template")]
     #[schemars(schema_with = "crate::api::validation::pod_template_schema")]
     pub template: PodTemplateSpec,
+
+    /// The services released together as one: each with its own pod template, replicas and
+    /// role in traffic (with `service`: an HTTP component whose traffic steps with the
+    /// others'; without: a worker replaced once its new version is Ready). One version, one
+    /// migration, one set of stages; a failure in any component rolls every component back.
+    /// Instead of `template`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub components: Vec<Component>,
 
     /// The Service in front of the application in each stage namespace.
     #[serde(default)]
@@ -118,6 +135,39 @@ pub struct LocallReleaseSpec {
 
 fn default_replicas() -> i32 {
     2
+}
+
+fn is_empty_template(t: &PodTemplateSpec) -> bool {
+    t == &PodTemplateSpec::default()
+}
+
+/// One service of a multi-component release.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Component {
+    /// Short name, unique in the release (api, worker, webhooks, web): part of its objects'
+    /// names (`<release>-<component>-<revision>`) and of metric names in status.
+    #[schemars(length(min = 1, max = 20), regex(pattern = NAME_PATTERN))]
+    pub name: String,
+    /// The component's pod template (checked by the API server when its Deployment is applied;
+    /// the operator names `spec.components[i].template` when it is refused).
+    #[schemars(schema_with = "crate::api::validation::component_template_schema")]
+    pub template: PodTemplateSpec,
+    /// Replicas in every stage (defaults to the stage's, then `spec.replicas`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub replicas: Option<i32>,
+    /// Set for an HTTP component: its Service (and, with Gateway API, its HTTPRoute
+    /// `<release>-<component>`). Its traffic moves with the release's steps. Without it the
+    /// component is a worker: its new version replaces the old once Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceSpec>,
+    /// Components whose new version must be Ready in a stage before this one is deployed there
+    /// (e.g. workers after the api). On a rollback the order reverses: this one's new version
+    /// goes before theirs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8), inner(length(min = 1, max = 20)))]
+    pub after: Vec<String>,
 }
 
 /// The Service the operator manages in each stage namespace.

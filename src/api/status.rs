@@ -48,6 +48,14 @@ pub struct LocallReleaseStatus {
     /// Percentage of the current stage's traffic on the candidate.
     #[serde(default)]
     pub weight: i32,
+    /// The components of the version in flight, as they were when it started (empty: a release
+    /// of one template).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<ComponentRef>,
+    /// Components of the version in flight Ready where the release stands, e.g. `4/4`
+    /// (multi-component releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub components_ready: Option<String>,
     /// Every stage the candidate was deployed to, in order, with the namespace it used then:
     /// what a rollback must take back, whatever the spec says now.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -291,6 +299,29 @@ pub struct StableVersion {
     /// every stage.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<String>,
+    /// Its components (empty: one template).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub components: Vec<ComponentRef>,
+}
+
+/// A component of a version, as recorded when its release started.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentRef {
+    /// Its name.
+    pub name: String,
+    /// Whether it takes part in the traffic steps (an HTTP component).
+    #[serde(default)]
+    pub routed: bool,
+    /// Its replicas in every stage, when it sets its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// The components deployed before it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// Ready pods of this version where the release stands, e.g. `2/2`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub ready: String,
 }
 
 /// The outcome of one preflight check.
@@ -380,6 +411,9 @@ pub struct Failure {
     /// The stage it failed in, if any.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub stage: String,
+    /// The component that failed, in a multi-component release, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
     /// When the failure was detected.
     pub at: DateTime<Utc>,
     /// Whether traffic had moved to the candidate when it failed.

@@ -131,6 +131,41 @@ pub fn pod_template_schema(generator: &mut SchemaGenerator) -> Schema {
     schema
 }
 
+/// The schema of `spec.components[].template`: an object with at least one container, each
+/// with a DNS-label name and an image; the rest of the pod template is kept as written and
+/// checked by the API server when the component's Deployment is applied (a refusal names
+/// `spec.components[i].template`). The full upstream schema once per component would take the
+/// CRD past what a client-side `kubectl apply` can keep.
+pub fn component_template_schema(_: &mut SchemaGenerator) -> Schema {
+    let container = json!({
+        "type": "object",
+        "required": ["name", "image"],
+        "x-kubernetes-preserve-unknown-fields": true,
+        "properties": {
+            "name": {"type": "string", "maxLength": 63, "pattern": DNS_LABEL_PATTERN},
+            "image": {"type": "string", "minLength": 1},
+        },
+    });
+    let v = json!({
+        "type": "object",
+        "required": ["spec"],
+        "x-kubernetes-preserve-unknown-fields": true,
+        "properties": {
+            "metadata": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+            "spec": {
+                "type": "object",
+                "required": ["containers"],
+                "x-kubernetes-preserve-unknown-fields": true,
+                "properties": {
+                    "containers": {"type": "array", "minItems": 1, "maxItems": 20, "items": container},
+                    "initContainers": {"type": "array", "maxItems": 20, "items": container},
+                },
+            },
+        },
+    });
+    Schema::try_from(v).expect("an object schema")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -87,14 +87,15 @@ async fn accepted(ctx: &Context, ns: &str, from: &str) -> bool {
 async fn remove_stale_services(ctx: &Context, lr: &LocallRelease, d: &Decision) -> Result<(), Error> {
     use k8s_openapi::api::core::v1::Service;
     let sel = format!("{}={}", crate::api::labels::RELEASE, names::release_label(&lr.namespace().unwrap_or_default(), &lr.name_any()));
-    for stage in &d.desired.stages {
+    for stage in d.desired.stages.iter().filter(|s| s.traffic.is_some()) {
         let keep: BTreeSet<String> = stage.traffic.iter().flat_map(|t| t.stable.iter().chain(t.candidate.iter()).cloned()).collect();
         let api: Api<Service> = Api::namespaced(ctx.client.clone(), &stage.namespace);
         let list = api
             .list(&kube::api::ListParams::default().labels(&sel))
             .await
             .map_err(act_err("list", format!("Services in {}", stage.namespace)))?;
-        for svc in list {
+        // This part's own revision Services only (each component has its own).
+        for svc in list.into_iter().filter(|s| s.labels().get(crate::api::labels::COMPONENT) == stage.component.as_ref()) {
             let Some(rev) = svc.labels().get(crate::api::labels::REVISION) else { continue };
             if !keep.contains(rev) {
                 match api.delete(&svc.name_any(), &DeleteParams::default()).await {
@@ -130,8 +131,16 @@ async fn apply_deployments(ctx: &Context, lr: &LocallRelease, d: &Decision, pass
     let observed = super::observe::deployments(&ctx.deployments, &ctx.deployment_index, lr);
     for stage in &d.desired.stages {
         let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &stage.namespace);
+        let base = stage.base(&release);
+        // A refusal of a component's Deployment names the component's template.
+        let of = stage
+            .component
+            .as_ref()
+            .and_then(|c| lr.spec.components.iter().position(|x| &x.name == c))
+            .map(|i| format!(" of spec.components[{i}]"))
+            .unwrap_or_default();
         for dep in &stage.deployments {
-            let name = names::deployment(&release, &dep.revision);
+            let name = names::deployment(&base, &dep.revision);
             let seen = observed.get(&(stage.namespace.clone(), name.clone()));
             let shrinks = seen.is_some_and(|o| dep.replicas < o.replicas);
             if shrinks != (pass == Resize::Shrink) {
@@ -148,7 +157,7 @@ async fn apply_deployments(ctx: &Context, lr: &LocallRelease, d: &Decision, pass
                 body["kind"] = "Deployment".into();
                 api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
                     .await
-                    .map_err(act_err("apply", format!("Deployment {}/{name}", stage.namespace)))?;
+                    .map_err(act_err("apply", format!("Deployment {}/{name}{of}", stage.namespace)))?;
                 ctx.metrics.writes.inc();
             } else if seen.is_some_and(|o| o.replicas != dep.replicas) {
                 // An older version's Deployment: its template is not in the spec any more, so
@@ -173,16 +182,21 @@ async fn remove_stale_deployments(ctx: &Context, lr: &LocallRelease, d: &Decisio
         .desired
         .stages
         .iter()
-        .flat_map(|s| s.deployments.iter().map(|dep| (s.namespace.clone(), names::deployment(&release, &dep.revision))))
+        .flat_map(|s| s.deployments.iter().map(|dep| (s.namespace.clone(), names::deployment(&s.base(&release), &dep.revision))))
         .collect();
     for (ns, name) in observed.keys() {
         if wanted.contains(&(ns.clone(), name.clone())) {
             continue;
         }
-        let revision =
-            ctx.deployments.get(&ObjectRef::new(name).within(ns)).and_then(|x| x.labels().get(crate::api::labels::REVISION).cloned());
+        let current = ctx.deployments.get(&ObjectRef::new(name).within(ns));
+        let revision = current.as_ref().and_then(|x| x.labels().get(crate::api::labels::REVISION).cloned());
+        let component = current.as_ref().and_then(|x| x.labels().get(crate::api::labels::COMPONENT).cloned());
         if let Some(rev) = revision {
-            if router.routes_to(&ctx.client, lr, ns, &rev).await.map_err(act_err("read back the traffic in namespace", ns.to_string()))? {
+            if router
+                .routes_to(&ctx.client, lr, ns, component.as_deref(), &rev)
+                .await
+                .map_err(act_err("read back the traffic in namespace", ns.to_string()))?
+            {
                 // Still routed to (a write not yet made or not yet visible): deleted on a later pass.
                 continue;
             }

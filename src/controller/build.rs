@@ -48,6 +48,40 @@ fn meta(lr: &LocallRelease, name: &str, namespace: &str, extra: &[(&str, &str)])
     }
 }
 
+/// The pod template of a part: the release's, or its component's.
+pub fn part_template(lr: &LocallRelease, component: Option<&str>) -> PodTemplateSpec {
+    match component {
+        None => lr.spec.template.clone(),
+        Some(c) => lr.spec.components.iter().find(|x| x.name == c).map(|x| x.template.clone()).unwrap_or_default(),
+    }
+}
+
+/// The Service spec of a part: the release's, or its component's (the release's when the
+/// component no longer says).
+pub fn part_service(lr: &LocallRelease, component: Option<&str>) -> crate::api::ServiceSpec {
+    component
+        .and_then(|c| lr.spec.components.iter().find(|x| x.name == c))
+        .and_then(|x| x.service.clone())
+        .unwrap_or_else(|| lr.spec.service.clone())
+}
+
+/// What selects a part's pods (with the revision, one revision's): the release's name, and the
+/// component in a multi-component release.
+pub fn part_selector(lr: &LocallRelease, component: Option<&str>) -> BTreeMap<String, String> {
+    let mut sel = BTreeMap::from([(labels::NAME.to_string(), lr.name_any())]);
+    if let Some(c) = component {
+        sel.insert(labels::COMPONENT.into(), c.to_string());
+    }
+    sel
+}
+
+/// The container Jobs run by default: the first of the release's template, or of its first
+/// component's.
+pub fn job_container(lr: &LocallRelease) -> Container {
+    let template = lr.spec.components.first().map(|c| &c.template).unwrap_or(&lr.spec.template);
+    template.spec.as_ref().and_then(|p| p.containers.first()).cloned().unwrap_or_default()
+}
+
 /// Labels on the pods of one revision.
 pub fn pod_labels(lr: &LocallRelease, revision: &str, version: &str) -> BTreeMap<String, String> {
     let mut l = common_labels(lr);
@@ -58,21 +92,24 @@ pub fn pod_labels(lr: &LocallRelease, revision: &str, version: &str) -> BTreeMap
 
 /// The candidate's Deployment in a stage, from the spec's pod template.
 pub fn deployment(lr: &LocallRelease, stage: &StageDesired, d: &DeploymentDesired) -> Deployment {
-    let name = names::deployment(&lr.name_any(), &d.revision);
-    let mut template: PodTemplateSpec = lr.spec.template.clone();
+    let name = names::deployment(&stage.base(&lr.name_any()), &d.revision);
+    let component = stage.component.as_deref();
+    let mut template: PodTemplateSpec = part_template(lr, component);
     let tm = template.metadata.get_or_insert_with(Default::default);
     let mut pl = tm.labels.clone().unwrap_or_default();
     pl.extend(pod_labels(lr, &d.revision, &d.version));
     pl.insert(labels::STAGE.into(), stage.name.clone());
+    let mut selector = part_selector(lr, component);
+    selector.insert(labels::REVISION.to_string(), d.revision.clone());
+    let mut extra =
+        vec![(labels::REVISION, d.revision.as_str()), (labels::VERSION, d.version.as_str()), (labels::STAGE, stage.name.as_str())];
+    if let Some(c) = component {
+        pl.insert(labels::COMPONENT.into(), c.to_string());
+        extra.push((labels::COMPONENT, c));
+    }
     tm.labels = Some(pl);
-    let selector = BTreeMap::from([(labels::NAME.to_string(), lr.name_any()), (labels::REVISION.to_string(), d.revision.clone())]);
     Deployment {
-        metadata: meta(
-            lr,
-            &name,
-            &stage.namespace,
-            &[(labels::REVISION, &d.revision), (labels::VERSION, &d.version), (labels::STAGE, &stage.name)],
-        ),
+        metadata: meta(lr, &name, &stage.namespace, &extra),
         spec: Some(DeploymentSpec {
             replicas: Some(d.replicas),
             selector: LabelSelector { match_labels: Some(selector), ..Default::default() },
@@ -85,11 +122,16 @@ pub fn deployment(lr: &LocallRelease, stage: &StageDesired, d: &DeploymentDesire
 
 /// A Service in a stage with the given name and selector.
 pub fn service(lr: &LocallRelease, stage: &StageDesired, name: &str, selector: BTreeMap<String, String>) -> Service {
-    let mut m = meta(lr, name, &stage.namespace, &[(labels::STAGE, &stage.name)]);
-    if !lr.spec.service.annotations.is_empty() {
-        m.annotations = Some(lr.spec.service.annotations.clone());
+    let mut extra = vec![(labels::STAGE, stage.name.as_str())];
+    if let Some(c) = stage.component.as_deref() {
+        extra.push((labels::COMPONENT, c));
     }
-    let port = lr.spec.service.port;
+    let mut m = meta(lr, name, &stage.namespace, &extra);
+    let spec = part_service(lr, stage.component.as_deref());
+    if !spec.annotations.is_empty() {
+        m.annotations = Some(spec.annotations.clone());
+    }
+    let port = spec.port;
     Service {
         metadata: m,
         spec: Some(ServiceSpec {
@@ -109,7 +151,7 @@ pub fn service(lr: &LocallRelease, stage: &StageDesired, name: &str, selector: B
 /// A hook Job. It runs the application's first container image and env unless the hook says
 /// otherwise; `BACKUP_ID` names the backup for backup, migrate and restore Jobs.
 pub fn job(lr: &LocallRelease, j: &JobToCreate) -> Job {
-    let app = lr.spec.template.spec.as_ref().and_then(|p| p.containers.first()).cloned().unwrap_or_default();
+    let app = job_container(lr);
     let t = &j.template;
     let mut env = app.env.clone().unwrap_or_default();
     env.extend(t.env.iter().cloned());
@@ -135,7 +177,7 @@ pub fn job(lr: &LocallRelease, j: &JobToCreate) -> Job {
     if !j.record.stage.is_empty() {
         m.labels.get_or_insert_with(Default::default).insert(labels::STAGE.into(), j.record.stage.clone());
     }
-    let app_spec = lr.spec.template.spec.clone().unwrap_or_default();
+    let app_spec = lr.spec.components.first().map(|c| &c.template).unwrap_or(&lr.spec.template).spec.clone().unwrap_or_default();
     Job {
         metadata: m,
         spec: Some(JobSpec {
@@ -203,7 +245,15 @@ spec:
     }
 
     fn stage(ns: &str) -> StageDesired {
-        StageDesired { index: 0, name: "staging".into(), namespace: ns.into(), replicas: 2, deployments: vec![], traffic: None }
+        StageDesired {
+            index: 0,
+            name: "staging".into(),
+            namespace: ns.into(),
+            component: None,
+            replicas: 2,
+            deployments: vec![],
+            traffic: None,
+        }
     }
 
     #[test]

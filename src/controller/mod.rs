@@ -113,6 +113,11 @@ pub fn spec_field(kind: &str, field: &str) -> Option<String> {
     match kind {
         // The Deployment's pod template is the release's.
         "Deployment" => field.strip_prefix("spec.template.").map(|rest| format!("spec.template.{rest}")),
+        // A component's Deployment: `Deployment ns/name of spec.components[i]`.
+        k if k.starts_with("Deployment of spec.components[") => {
+            let i = k.trim_start_matches("Deployment of ");
+            field.strip_prefix("spec.template.").map(|rest| format!("{i}.template.{rest}"))
+        }
         "Service" if field.starts_with("metadata.annotations") => Some("spec.service.annotations".into()),
         "Service" if field.starts_with("spec.ports") => Some("spec.service.port".into()),
         "HTTPRoute" if field.starts_with("spec.parentRefs") => {
@@ -146,7 +151,11 @@ impl Error {
         if e.code != 400 && e.code != 422 {
             return None;
         }
-        let kind = object.split(' ').next().unwrap_or_default();
+        let mut kind = object.split(' ').next().unwrap_or_default().to_string();
+        if let Some((_, part)) = object.split_once(" of spec.components[") {
+            kind = format!("{kind} of spec.components[{part}");
+        }
+        let kind = kind.as_str();
         let fields: Vec<String> = e
             .details
             .iter()
@@ -617,8 +626,13 @@ async fn advance(
                         decision.job_refused(object);
                     }
                     let next = decision.status.clone();
-                    let own = format!("/{}", engine::names::deployment(&lr.name_any(), &decision.status.revision));
-                    let candidate = matches!(&e, Error::Act { object, .. } if object.starts_with("Deployment ") && object.ends_with(&own));
+                    // The candidate's own Deployment (of any of its parts): the new version cannot run.
+                    let own: Vec<String> = engine::parts_of(&decision.status.components)
+                        .iter()
+                        .map(|p| format!("/{}", engine::names::deployment(&p.base(&lr.name_any()), &decision.status.revision)))
+                        .collect();
+                    let candidate = matches!(&e, Error::Act { object, .. } if object.starts_with("Deployment ")
+                        && own.iter().any(|o| object.split(" of ").next().is_some_and(|x| x.ends_with(o.as_str()))));
                     events.append(&mut decision.events);
                     notify.append(&mut decision.notify);
                     status = next;
@@ -668,24 +682,35 @@ async fn observe(ctx: &Context, lr: &LocallRelease, status: &LocallReleaseStatus
         obs.preflight = Some(preflight::run(&ctx.client, lr, Utc::now(), &ctx.policy).await.map_err(|e| Error::Observe("preflight", e))?);
     }
     if !status.phase.is_terminal() || new_release {
-        let stable = status.stable.as_ref().map(|s| s.revision.clone()).filter(|s| *s != revision);
+        let stable = status.stable.as_ref().filter(|s| s.revision != revision);
+        // Every routed part of the candidate and of the stable version.
+        let candidate = if new_release { engine::spec_components(&lr.spec) } else { status.components.clone() };
+        let mut parts = engine::parts_of(&candidate);
+        for p in stable.map(|s| engine::parts_of(&s.components)).unwrap_or_default() {
+            if !parts.iter().any(|q| q.component == p.component) {
+                parts.push(p);
+            }
+        }
         for (i, (name, namespace, _, _)) in engine::stages_in_play(&r).into_iter().enumerate() {
-            let stage = StageDesired {
-                index: i,
-                name,
-                namespace,
-                replicas: 0,
-                deployments: vec![],
-                traffic: Some(TrafficTarget {
-                    stable: stable.clone(),
-                    candidate: Some(revision.clone()),
-                    weight: 0,
-                    stable_replicas: 0,
-                    candidate_replicas: 0,
-                }),
-            };
-            if let Some(w) = router.observe(&ctx.client, lr, &stage, &obs).await.map_err(|e| Error::Observe("traffic", e))? {
-                obs.traffic.insert(stage.namespace.clone(), w);
+            for part in parts.iter().filter(|p| p.routed) {
+                let stage = StageDesired {
+                    index: i,
+                    name: name.clone(),
+                    namespace: namespace.clone(),
+                    component: part.component.clone(),
+                    replicas: 0,
+                    deployments: vec![],
+                    traffic: Some(TrafficTarget {
+                        stable: stable.map(|s| s.revision.clone()),
+                        candidate: Some(revision.clone()),
+                        weight: 0,
+                        stable_replicas: 0,
+                        candidate_replicas: 0,
+                    }),
+                };
+                if let Some(w) = router.observe(&ctx.client, lr, &stage, &obs).await.map_err(|e| Error::Observe("traffic", e))? {
+                    obs.traffic.insert(part.key(&namespace), w);
+                }
             }
         }
     }

@@ -69,8 +69,16 @@ pub async fn run(client: &Client, lr: &LocallRelease, now: DateTime<Utc>, policy
             }
         });
     }
-    let pod = lr.spec.template.spec.as_ref();
-    let account = pod.and_then(|p| p.service_account_name.clone().or_else(|| p.service_account.clone())).filter(|a| a != "default");
+    // Every pod template's account (the release's, or each component's), with its field.
+    let templates = std::iter::once(("spec.template".to_string(), &lr.spec.template))
+        .chain(lr.spec.components.iter().enumerate().map(|(i, c)| (format!("spec.components[{i}].template"), &c.template)));
+    let accounts: Vec<(String, String)> = templates
+        .filter_map(|(field, t)| {
+            let p = t.spec.as_ref()?;
+            let sa = p.service_account_name.clone().or_else(|| p.service_account.clone()).filter(|a| a != "default")?;
+            Some((format!("{field}.spec.serviceAccountName"), sa))
+        })
+        .collect();
     // A stage in a namespace that does not exist, or does not accept this release, is never
     // deployed, nor is anything in it read.
     let all: Api<Namespace> = Api::all(client.clone());
@@ -95,13 +103,13 @@ pub async fn run(client: &Client, lr: &LocallRelease, now: DateTime<Utc>, policy
             Some(_) => (true, format!("spec.stages[{i}].namespace: Namespace {ns} accepts releases from {release_ns}")),
         };
         out.push(CheckResult { name: format!("Namespace {ns}"), passed, message });
-        if let (true, Some(sa)) = (passed, &account) {
+        for (field, sa) in accounts.iter().filter(|_| passed) {
             if !lends(annotations, sa) {
                 out.push(CheckResult {
                     name: format!("ServiceAccount {ns}/{sa}"),
                     passed: false,
                     message: format!(
-                        "spec.template.spec.serviceAccountName: Namespace {ns} does not let releases from other namespaces run as ServiceAccount {sa} (its annotation {SERVICE_ACCOUNTS} must list it)"
+                        "{field}: Namespace {ns} does not let releases from other namespaces run as ServiceAccount {sa} (its annotation {SERVICE_ACCOUNTS} must list it)"
                     ),
                 });
             }
@@ -114,19 +122,23 @@ pub async fn run(client: &Client, lr: &LocallRelease, now: DateTime<Utc>, policy
     // The account the pods and Jobs run as must exist wherever they run (the release's namespace,
     // for its Jobs, and every stage's): the API server refuses their pods otherwise, and the
     // release would wait for a Job whose pod is never created.
-    if let Some(sa) = &account {
-        for ns in namespaces.iter().chain(std::iter::once(&release_ns)).collect::<BTreeSet<_>>() {
-            let found = Api::<ServiceAccount>::namespaced(client.clone(), ns).get_opt(sa).await?;
-            out.push(CheckResult {
-                name: format!("ServiceAccount {ns}/{sa}"),
-                passed: found.is_some(),
-                message: match found {
-                    Some(_) => format!("spec.template.spec.serviceAccountName: ServiceAccount {ns}/{sa} exists"),
-                    None => format!(
-                        "spec.template.spec.serviceAccountName: ServiceAccount {ns}/{sa} not found (the release's pods and Jobs in {ns} run as it)"
-                    ),
-                },
-            });
+    if !accounts.is_empty() {
+        let mut checked = BTreeSet::new();
+        for (field, sa) in &accounts {
+            for ns in namespaces.iter().chain(std::iter::once(&release_ns)).collect::<BTreeSet<_>>() {
+                if !checked.insert((ns.clone(), sa.clone())) {
+                    continue;
+                }
+                let found = Api::<ServiceAccount>::namespaced(client.clone(), ns).get_opt(sa).await?;
+                out.push(CheckResult {
+                    name: format!("ServiceAccount {ns}/{sa}"),
+                    passed: found.is_some(),
+                    message: match found {
+                        Some(_) => format!("{field}: ServiceAccount {ns}/{sa} exists"),
+                        None => format!("{field}: ServiceAccount {ns}/{sa} not found (the release's pods and Jobs in {ns} run as it)"),
+                    },
+                });
+            }
         }
         if out.iter().any(|c| !c.passed) {
             return Ok(out);

@@ -3,8 +3,9 @@
 //! Prometheus never promotes (unless a metric's policy explicitly says Pass).
 
 use super::{names, Release};
-use crate::api::{GateStatus, LocallReleaseStatus, Metric, Phase, Policy, Verdict};
+use crate::api::{GateStatus, LocallReleaseSpec, LocallReleaseStatus, Metric, Phase, Policy, Verdict};
 use chrono::{DateTime, Utc};
+use std::borrow::Cow;
 use std::{collections::BTreeMap, time::Duration};
 
 /// What a measurement is about: a version in a stage namespace.
@@ -39,6 +40,53 @@ pub struct Measurement {
     pub value: Option<f64>,
     pub sample: Option<f64>,
     pub error: Option<String>,
+}
+
+/// The metrics the gates measure: the spec's, and in a multi-component release one per
+/// component for each metric that names a component (`component`) or is written for every one
+/// (its query names `{{component}}` or `{{service}}`): named `<component>/<metric>`, its
+/// `{{component}}` and `{{service}}` filled in. A metric naming neither is shared.
+pub fn metrics<'a>(spec: &'a LocallReleaseSpec, release: &str) -> Cow<'a, [Metric]> {
+    let Some(a) = &spec.analysis else { return Cow::Borrowed(&[]) };
+    if spec.components.is_empty() {
+        return Cow::Borrowed(&a.metrics);
+    }
+    let per = |q: &str| q.contains("{{component}}") || q.contains("{{service}}");
+    let mut out = Vec::new();
+    for m in &a.metrics {
+        let each = per(&m.query) || m.sample_query.as_deref().is_some_and(per);
+        for c in spec.components.iter().filter(|c| m.component.as_ref().map_or(each, |x| x == &c.name)) {
+            let service = names::entry_service(&names::base(release, Some(&c.name)));
+            let fill = |q: &str| q.replace("{{component}}", &c.name).replace("{{service}}", &service);
+            out.push(Metric {
+                name: format!("{}/{}", c.name, m.name),
+                query: fill(&m.query),
+                sample_query: m.sample_query.as_deref().map(fill),
+                component: Some(c.name.clone()),
+                ..m.clone()
+            });
+        }
+        if m.component.is_none() && !each {
+            out.push(m.clone());
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// The index in `spec.analysis.metrics` of the i-th metric of [`metrics`]: the expansion keeps
+/// the spec's order, each metric's instances next to each other.
+fn spec_index(metrics: &[Metric], i: usize) -> usize {
+    let origin = |m: &Metric| match &m.component {
+        Some(c) => m.name.strip_prefix(&format!("{c}/")).unwrap_or(&m.name).to_string(),
+        None => m.name.clone(),
+    };
+    let mut index = 0;
+    for k in 1..=i.min(metrics.len().saturating_sub(1)) {
+        if origin(&metrics[k]) != origin(&metrics[k - 1]) {
+            index += 1;
+        }
+    }
+    index
 }
 
 /// Fills a query's placeholders.
@@ -238,7 +286,7 @@ pub fn outcome(metrics: &[Metric], gates: &[GateStatus], t: &Target, since: Opti
             Some(g) if g.verdict == Verdict::Pass => {}
             // The query itself may be what is wrong (a typo, a metric nobody exports): name it.
             Some(g) if g.verdict == Verdict::NoData || g.message.contains(QUERY_REJECTED) => {
-                holding.push(format!("{} (spec.analysis.metrics[{i}].query): {}", m.name, g.message))
+                holding.push(format!("{} (spec.analysis.metrics[{}].query): {}", m.name, spec_index(metrics, i), g.message))
             }
             Some(g) => holding.push(format!("{}: {}", m.name, g.message)),
             None => holding.push(format!("{}: not measured yet", m.name)),
@@ -255,6 +303,70 @@ pub fn outcome(metrics: &[Metric], gates: &[GateStatus], t: &Target, since: Opti
 mod tests {
     use super::*;
     use crate::api::Threshold;
+
+    #[test]
+    fn a_multi_component_release_measures_each_component_on_its_own() {
+        let spec: LocallReleaseSpec = serde_yaml::from_str(
+            r#"
+version: "1"
+components:
+- {name: api, service: {}, template: {spec: {containers: [{name: a, image: a}]}}}
+- {name: worker, template: {spec: {containers: [{name: w, image: w}]}}}
+stages: [{name: production}]
+analysis:
+  metrics:
+  - {name: errors, query: 'e{service="{{service}}"}', sampleQuery: 'n{c="{{component}}"}', success: {op: "<", value: 1}}
+  - {name: lag, component: worker, query: 'lag{service="{{service}}"}', success: {op: "<", value: 1}}
+  - {name: alerts, query: 'count(ALERTS)', rollback: {op: ">", value: 0}}
+"#,
+        )
+        .unwrap();
+        let m = metrics(&spec, "platform");
+        let got: Vec<(&str, &str, Option<&str>)> =
+            m.iter().map(|m| (m.name.as_str(), m.query.as_str(), m.sample_query.as_deref())).collect();
+        assert_eq!(
+            got,
+            [
+                ("api/errors", r#"e{service="platform-api"}"#, Some(r#"n{c="api"}"#)),
+                ("worker/errors", r#"e{service="platform-worker"}"#, Some(r#"n{c="worker"}"#)),
+                ("worker/lag", r#"lag{service="platform-worker"}"#, None),
+                ("alerts", "count(ALERTS)", None),
+            ]
+        );
+        // A held metric's message names its field in the spec, not its place in the expansion.
+        let t = Target {
+            namespace: "p".into(),
+            service: "platform".into(),
+            version: "1".into(),
+            stage: "production".into(),
+            interval: Duration::from_secs(1),
+        };
+        let gates: Vec<GateStatus> = m
+            .iter()
+            .map(|x| GateStatus {
+                metric: x.name.clone(),
+                target: t.key(),
+                value: None,
+                sample: None,
+                verdict: Verdict::NoData,
+                message: "no data".into(),
+                measured_at: Utc::now(),
+                breaches: 0,
+                breach_values: vec![],
+                first_breach_at: None,
+            })
+            .collect();
+        let Outcome::Hold(why) = outcome(&m, &gates, &t, None) else { panic!("holds") };
+        assert!(
+            why[1].contains("spec.analysis.metrics[0]")
+                && why[2].contains("spec.analysis.metrics[1]")
+                && why[3].contains("spec.analysis.metrics[2]"),
+            "{why:?}"
+        );
+        // A release of one template measures its metrics as written.
+        let single: LocallReleaseSpec = serde_yaml::from_str("version: '1'\ntemplate: {spec: {containers: [{name: a, image: a}]}}\nstages: [{name: p}]\nanalysis: {metrics: [{name: e, query: q}]}").unwrap();
+        assert!(matches!(metrics(&single, "x"), Cow::Borrowed(_)));
+    }
 
     fn metric(yaml: &str) -> Metric {
         serde_yaml::from_str(yaml).unwrap()

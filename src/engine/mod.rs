@@ -13,7 +13,7 @@ pub mod validate;
 #[cfg(test)]
 mod tests;
 
-use crate::api::{Approval, CheckResult, JobRecord, JobTemplate, LocallReleaseSpec, LocallReleaseStatus};
+use crate::api::{Approval, CheckResult, ComponentRef, JobRecord, JobTemplate, LocallReleaseSpec, LocallReleaseStatus};
 use chrono::{DateTime, Utc};
 use std::{collections::BTreeMap, time::Duration};
 
@@ -110,16 +110,26 @@ pub struct Desired {
     pub frozen: bool,
 }
 
-/// One stage's Deployments and traffic.
+/// One part of a stage: the Deployments and traffic of the release's template (`component`
+/// `None`) or of one of its components.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StageDesired {
     pub index: usize,
     pub name: String,
     pub namespace: String,
+    /// The component, in a multi-component release.
+    pub component: Option<String>,
     pub replicas: i32,
     pub deployments: Vec<DeploymentDesired>,
     /// `None` until the stage has a version to route to.
     pub traffic: Option<TrafficTarget>,
+}
+
+impl StageDesired {
+    /// What this part's object names start with (see [`names::base`]).
+    pub fn base(&self, release: &str) -> String {
+        names::base(release, self.component.as_deref())
+    }
 }
 
 /// One revision's Deployment in a stage.
@@ -160,6 +170,63 @@ pub struct EventOut {
     pub warning: bool,
     pub reason: String,
     pub message: String,
+}
+
+/// One deployable part of a release: its single template (`component: None`) or a component.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Part {
+    pub component: Option<String>,
+    /// Takes part in the traffic steps (has a Service).
+    pub routed: bool,
+    /// Its own replicas in every stage, if it sets them.
+    pub replicas: Option<i32>,
+    /// Components whose new version is Ready in a stage before this one is deployed there.
+    pub after: Vec<String>,
+}
+
+impl Part {
+    /// The one part of a release of a single template.
+    pub fn single() -> Part {
+        Part { component: None, routed: true, replicas: None, after: vec![] }
+    }
+    /// What its objects' names start with: the release's name, or `<release>-<component>`.
+    pub fn base(&self, release: &str) -> String {
+        names::base(release, self.component.as_deref())
+    }
+    /// Its replicas in a stage that runs `stage_replicas` by default.
+    pub fn replicas_in(&self, stage_replicas: i32) -> i32 {
+        self.replicas.unwrap_or(stage_replicas)
+    }
+    /// The key of its observed traffic share in a namespace.
+    pub fn key(&self, namespace: &str) -> String {
+        names::traffic_key(namespace, self.component.as_deref())
+    }
+    /// `component api: ` or nothing, to start a message with.
+    pub fn label(&self) -> String {
+        self.component.as_ref().map(|c| format!("component {c}: ")).unwrap_or_default()
+    }
+}
+
+/// The parts a recorded component list stands for (none recorded: the single template).
+pub fn parts_of(list: &[ComponentRef]) -> Vec<Part> {
+    if list.is_empty() {
+        return vec![Part::single()];
+    }
+    list.iter().map(|c| Part { component: Some(c.name.clone()), routed: c.routed, replicas: c.replicas, after: c.after.clone() }).collect()
+}
+
+/// The components a spec releases, as recorded in status when its release starts.
+pub fn spec_components(spec: &LocallReleaseSpec) -> Vec<ComponentRef> {
+    spec.components
+        .iter()
+        .map(|c| ComponentRef {
+            name: c.name.clone(),
+            routed: c.service.is_some(),
+            replicas: c.replicas,
+            after: c.after.clone(),
+            ready: String::new(),
+        })
+        .collect()
 }
 
 /// Seconds to wait between looks while something is in flight (watches usually wake us sooner).
@@ -235,9 +302,9 @@ pub fn stages_in_play(r: &Release<'_>) -> Vec<(String, String, i32, Option<usize
 
 /// The measurements due now for what the gates watch: the target and its queries.
 pub fn measurements_due(r: &Release<'_>, now: DateTime<Utc>) -> Option<(gates::Target, Vec<gates::Request>)> {
-    let a = r.spec.analysis.as_ref()?;
+    r.spec.analysis.as_ref()?;
     let t = gates::target(r, r.status)?;
-    let due = gates::due(&a.metrics, &r.status.gates, &t, now);
+    let due = gates::due(&gates::metrics(r.spec, r.name), &r.status.gates, &t, now);
     (!due.is_empty()).then_some((t, due))
 }
 

@@ -11,7 +11,31 @@ pub fn revision(spec: &LocallReleaseSpec) -> String {
     h.update(spec.version.as_bytes());
     h.update([0]);
     h.update(serde_json::to_vec(&spec.template).unwrap_or_default());
+    // A release of one template hashes as it always has (no restart on upgrade).
+    for c in &spec.components {
+        h.update([0]);
+        h.update(c.name.as_bytes());
+        h.update([0]);
+        h.update(serde_json::to_vec(&c.template).unwrap_or_default());
+    }
     hex8(&h.finalize())
+}
+
+/// What a part's object names start with: the release's name for a release of one template,
+/// `<release>-<component>` for a component.
+pub fn base(release: &str, component: Option<&str>) -> String {
+    match component {
+        None => release.to_string(),
+        Some(c) => format!("{release}-{c}"),
+    }
+}
+
+/// The key of a part's observed traffic share: the namespace, or `<namespace>/<component>`.
+pub fn traffic_key(namespace: &str, component: Option<&str>) -> String {
+    match component {
+        None => namespace.to_string(),
+        Some(c) => format!("{namespace}/{c}"),
+    }
 }
 
 fn hex8(bytes: &[u8]) -> String {

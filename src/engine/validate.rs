@@ -17,13 +17,62 @@ fn err(field: impl Into<String>, message: impl Into<String>) -> FieldError {
     FieldError { field: field.into(), message: message.into() }
 }
 
+/// A release of one template, or of components (each with a pod template, unique names, an
+/// order without cycles); metrics name components that exist.
+fn components(spec: &LocallReleaseSpec, out: &mut Vec<FieldError>) {
+    let has_template = spec.template != Default::default();
+    if spec.components.is_empty() {
+        if spec.template.spec.as_ref().is_none_or(|p| p.containers.is_empty()) {
+            out.push(err("spec.template.spec.containers", "the pod template needs at least one container"));
+        }
+        if let Some(i) = spec.analysis.iter().flat_map(|a| a.metrics.iter()).position(|m| m.component.is_some()) {
+            out.push(err(format!("spec.analysis.metrics[{i}].component"), "only a release with components has components to gate"));
+        }
+        return;
+    }
+    if has_template {
+        out.push(err("spec.components", "set either template (one application) or components (several), not both"));
+    }
+    let list = spec.components.iter().map(|c| c.name.as_str()).collect::<Vec<_>>();
+    names(&list, "spec.components", "component", out);
+    for (i, c) in spec.components.iter().enumerate() {
+        if c.template.spec.as_ref().is_none_or(|p| p.containers.is_empty()) {
+            out.push(err(format!("spec.components[{i}].template.spec.containers"), "the pod template needs at least one container"));
+        }
+        for (j, a) in c.after.iter().enumerate() {
+            if a == &c.name || !list.contains(&a.as_str()) {
+                out.push(err(format!("spec.components[{i}].after[{j}]"), format!("{a:?} is not another component of this release")));
+            }
+        }
+    }
+    // An order that loops never deploys: every component must be reachable by following `after`.
+    let mut placed: Vec<&str> = Vec::new();
+    let distinct = list.iter().collect::<std::collections::HashSet<_>>().len() == list.len();
+    while distinct && placed.len() < list.len() {
+        let next = spec.components.iter().find(|c| {
+            !placed.contains(&c.name.as_str()) && c.after.iter().all(|a| placed.contains(&a.as_str()) || !list.contains(&a.as_str()))
+        });
+        match next {
+            Some(c) => placed.push(&c.name),
+            None => {
+                let i = spec.components.iter().position(|c| !placed.contains(&c.name.as_str())).unwrap_or(0);
+                out.push(err(format!("spec.components[{i}].after"), "the components' order has a cycle"));
+                break;
+            }
+        }
+    }
+    for (i, m) in spec.analysis.iter().flat_map(|a| a.metrics.iter()).enumerate() {
+        if let Some(c) = m.component.as_deref().filter(|c| !list.contains(c)) {
+            out.push(err(format!("spec.analysis.metrics[{i}].component"), format!("{c:?} is not a component of this release")));
+        }
+    }
+}
+
 /// All the problems found, in field order (empty when the spec is fine). `release_namespace` is
 /// the release's own: a stage without `namespace` lives there.
 pub fn validate(spec: &LocallReleaseSpec, release_namespace: &str) -> Vec<FieldError> {
     let mut out = Vec::new();
-    if spec.template.spec.as_ref().is_none_or(|p| p.containers.is_empty()) {
-        out.push(err("spec.template.spec.containers", "the pod template needs at least one container"));
-    }
+    components(spec, &mut out);
     if let Some(p) = &spec.preflight {
         for (i, t) in p.tls.iter().enumerate() {
             at_most_limit(&t.min_validity, format!("spec.preflight.tls[{i}].minValidity"), &mut out);
@@ -222,6 +271,43 @@ approvals: [{stage: production, version: 1.0.0, by: alice}]
     #[test]
     fn the_valid_spec_passes() {
         assert_eq!(fields(&spec()), Vec::<String>::new());
+    }
+
+    const PLATFORM: &str = r#"
+version: "2.0.0"
+components:
+- {name: api, service: {}, template: {spec: {containers: [{name: api, image: "api:2"}]}}}
+- {name: worker, after: [api], template: {spec: {containers: [{name: worker, image: "worker:2"}]}}}
+stages: [{name: production}]
+analysis: {metrics: [{name: lag, component: worker, query: q, rollback: {op: ">", value: 1}}]}
+"#;
+
+    /// `f` breaks the valid multi-component spec; exactly `want` are named.
+    #[track_caller]
+    fn platform_named(f: impl FnOnce(&mut LocallReleaseSpec), want: &[&str]) {
+        let mut s: LocallReleaseSpec = serde_yaml::from_str(PLATFORM).unwrap();
+        assert_eq!(fields(&s), Vec::<String>::new(), "the platform spec is valid");
+        f(&mut s);
+        let errors = validate(&s, "prod");
+        assert_eq!(errors.iter().map(|e| e.field.as_str()).collect::<Vec<_>>(), want, "{errors:?}");
+    }
+
+    #[test]
+    fn components_are_named_ordered_without_cycles_and_gated_only_where_they_exist() {
+        platform_named(|s| s.template = spec().template, &["spec.components"]);
+        platform_named(
+            |s| s.components[1].name = "api".into(),
+            &["spec.components[1].name", "spec.components[1].after[0]", "spec.analysis.metrics[0].component"],
+        );
+        platform_named(|s| s.components[1].after = vec!["db".into()], &["spec.components[1].after[0]"]);
+        platform_named(|s| s.components[0].after = vec!["worker".into()], &["spec.components[0].after"]);
+        platform_named(
+            |s| s.components[1].template.spec.as_mut().unwrap().containers.clear(),
+            &["spec.components[1].template.spec.containers"],
+        );
+        platform_named(|s| s.analysis.as_mut().unwrap().metrics[0].component = Some("web".into()), &["spec.analysis.metrics[0].component"]);
+        // A release of one template has no component to gate.
+        named(|s| s.analysis.as_mut().unwrap().metrics[0].component = Some("api".into()), &["spec.analysis.metrics[0].component"]);
     }
 
     #[test]

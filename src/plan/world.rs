@@ -111,8 +111,11 @@ pub struct World {
     deployments: BTreeMap<Key, (DeploymentObs, Option<DateTime<Utc>>)>,
     /// Each Job, with when it ends (`None`: never) and how.
     jobs: BTreeMap<Key, (JobObs, Option<DateTime<Utc>>, JobEnd)>,
-    /// The routes as the API server holds them (what the router reads back).
+    /// The routes as the API server holds them (what the router reads back), by part
+    /// (`names::traffic_key`: the namespace, or `<namespace>/<component>`).
     pub routes: BTreeMap<String, Route>,
+    /// What the names of the release's parts start with (`names::base`), as desired so far.
+    bases: BTreeSet<String>,
     /// Every Job creation the engine asked for, in order.
     pub created: Vec<JobToCreate>,
     /// Every Deployment deletion, in order: (time, namespace, name).
@@ -135,6 +138,7 @@ impl World {
             deployments: BTreeMap::new(),
             jobs: BTreeMap::new(),
             routes: BTreeMap::new(),
+            bases: BTreeSet::from([release.to_string()]),
             created: vec![],
             deleted: vec![],
             violations: vec![],
@@ -152,9 +156,11 @@ impl World {
         };
         let r = Release { name: &self.release, namespace: &self.namespace, generation, spec, status };
         let candidate = crate::engine::candidate_revision(spec, status);
-        for (_, ns, _, _) in crate::engine::stages_in_play(&r) {
-            if let Some(route) = self.routes.get(&ns) {
-                obs.traffic.insert(ns, route.share(&candidate));
+        let namespaces: BTreeSet<String> = crate::engine::stages_in_play(&r).into_iter().map(|(_, ns, _, _)| ns).collect();
+        for (key, route) in &self.routes {
+            let ns = key.split('/').next().unwrap_or_default();
+            if namespaces.contains(ns) {
+                obs.traffic.insert(key.clone(), route.share(&candidate));
             }
         }
         if self.behaviour.approve && status.phase == Phase::AwaitingApproval {
@@ -164,7 +170,7 @@ impl World {
             obs.annotation_approval = Some(Approval { stage: status.stage.clone(), version: status.candidate_version.clone(), by });
         }
         if let Some((t, due)) = crate::engine::measurements_due(&r, self.now) {
-            let metrics = spec.analysis.as_ref().map(|a| a.metrics.as_slice()).unwrap_or_default();
+            let metrics = crate::engine::gates::metrics(spec, &self.release);
             for q in due {
                 if let Some(m) = metrics.iter().find(|m| m.name == q.metric) {
                     obs.measurements.insert(q.metric.clone(), (self.behaviour.measure)(m, &t, self.now));
@@ -198,11 +204,12 @@ impl World {
             self.jobs.insert(key, (JobObs::Running, at, end));
         }
         let release = self.release.clone();
-        let dep_name = |rev: &str| names::deployment(&release, rev);
+        let dep_name = |s: &crate::engine::StageDesired, rev: &str| names::deployment(&s.base(&release), rev);
+        self.bases.extend(d.desired.stages.iter().map(|s| s.base(&release)));
         // Grow.
         for s in &d.desired.stages {
             for dep in &s.deployments {
-                let key = (s.namespace.clone(), dep_name(&dep.revision));
+                let key = (s.namespace.clone(), dep_name(s, &dep.revision));
                 let cur = self.deployments.get(&key).map(|(o, _)| o.replicas);
                 match cur {
                     None if dep.from_spec => {
@@ -237,14 +244,15 @@ impl World {
                 (None, None) => {}
             }
             let route = Route { backends };
-            let old = self.routes.get(&s.namespace).cloned().unwrap_or_default();
+            let route_key = names::traffic_key(&s.namespace, s.component.as_deref());
+            let old = self.routes.get(&route_key).cloned().unwrap_or_default();
             if old == route {
                 continue;
             }
             // Traffic must only ever grow towards a revision whose Deployment is Ready: never
             // taken from what served it, nor kept from a Ready revision. (A route that served
             // nothing, all weights 0, loses no request when its only backend, unready, gets them.)
-            let is_ready = |rev: &str| self.deployments.get(&(s.namespace.clone(), dep_name(rev))).is_some_and(|(o, _)| o.ready > 0);
+            let is_ready = |rev: &str| self.deployments.get(&(s.namespace.clone(), dep_name(s, rev))).is_some_and(|(o, _)| o.ready > 0);
             let served_before = old.backends.iter().any(|(_, w)| *w > 0);
             for (rev, w) in &route.backends {
                 if *w > old.weight_on(rev) {
@@ -257,12 +265,12 @@ impl World {
             if (self.behaviour.router_refuses)() {
                 return false;
             }
-            self.routes.insert(s.namespace.clone(), route);
+            self.routes.insert(route_key, route);
         }
         // Shrink.
         for s in &d.desired.stages {
             for dep in &s.deployments {
-                let key = (s.namespace.clone(), dep_name(&dep.revision));
+                let key = (s.namespace.clone(), dep_name(s, &dep.revision));
                 if let Some((o, _)) = self.deployments.get_mut(&key) {
                     if dep.replicas < o.replicas {
                         o.replicas = dep.replicas;
@@ -273,13 +281,24 @@ impl World {
             }
         }
         // Delete what is wanted nowhere, once no route sends it traffic.
-        let wanted: BTreeSet<(String, String)> =
-            d.desired.stages.iter().flat_map(|s| s.deployments.iter().map(|dep| (s.namespace.clone(), dep_name(&dep.revision)))).collect();
+        let wanted: BTreeSet<(String, String)> = d
+            .desired
+            .stages
+            .iter()
+            .flat_map(|s| s.deployments.iter().map(|dep| (s.namespace.clone(), dep_name(s, &dep.revision))))
+            .collect();
         self.advance_to(self.now);
         let stale: Vec<(String, String)> = self.deployments.keys().filter(|k| !wanted.contains(*k)).cloned().collect();
         for (ns, name) in stale {
             // As act: not while the route read back still sends it traffic.
-            let routed = self.routes.get(&ns).is_some_and(|r| r.backends.iter().any(|(rev, w)| *w > 0 && dep_name(rev) == name));
+            let routed = self.routes.iter().any(|(key, r)| {
+                let (route_ns, component) = match key.split_once('/') {
+                    Some((n, c)) => (n, Some(c)),
+                    None => (key.as_str(), None),
+                };
+                let base = names::base(&release, component);
+                route_ns == ns && r.backends.iter().any(|(rev, w)| *w > 0 && names::deployment(&base, rev) == name)
+            });
             if routed {
                 continue;
             }
@@ -321,15 +340,32 @@ impl World {
         }
     }
 
+    /// The cluster heals: every Deployment becomes Ready now, and routes are accepted.
+    pub fn heal(&mut self) {
+        let now = self.now;
+        for (_, at) in self.deployments.values_mut() {
+            *at = Some(now);
+        }
+        self.behaviour.ready_after = Box::new(|_, _| Some(Duration::ZERO));
+        self.behaviour.router_refuses = Box::new(|| false);
+        self.advance_to(now);
+    }
+
+    /// A Deployment as the API server holds it.
+    pub fn deployment(&self, ns: &str, name: &str) -> Option<DeploymentObs> {
+        self.deployments.get(&(ns.to_string(), name.to_string())).map(|(d, _)| d.clone())
+    }
+
     /// Someone deletes a Deployment by hand.
     pub fn delete_deployment(&mut self, ns: &str, revision: &str) {
-        let name = names::deployment(&self.release, revision);
-        self.deployments.remove(&(ns.to_string(), name));
+        for base in &self.bases {
+            self.deployments.remove(&(ns.to_string(), names::deployment(base, revision)));
+        }
     }
 
     /// Whether a revision's Deployment exists in a namespace.
     pub fn has_deployment(&self, ns: &str, revision: &str) -> bool {
-        self.deployments.contains_key(&(ns.to_string(), names::deployment(&self.release, revision)))
+        self.bases.iter().any(|b| self.deployments.contains_key(&(ns.to_string(), names::deployment(b, revision))))
     }
 }
 

@@ -17,7 +17,6 @@ use kube::{
     api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
     Client, ResourceExt,
 };
-use std::collections::BTreeMap;
 
 /// The HTTPRoute resource, `gateway.networking.k8s.io/v1`.
 pub fn httproute_resource() -> ApiResource {
@@ -30,6 +29,7 @@ pub const RULE: &str = "locall-release";
 /// Backends of the route: (service name, weight).
 pub fn backends(release: &str, stage: &StageDesired) -> Vec<(String, i32)> {
     let Some(t) = &stage.traffic else { return vec![] };
+    let release = &stage.base(release);
     let mut out = Vec::new();
     match (&t.stable, &t.candidate) {
         (Some(s), Some(c)) => {
@@ -45,8 +45,9 @@ pub fn backends(release: &str, stage: &StageDesired) -> Vec<(String, i32)> {
 
 /// The HTTPRoute for a stage (pure).
 pub fn route(lr: &LocallRelease, stage: &StageDesired) -> serde_json::Value {
-    let name = names::entry_service(&lr.name_any());
-    let port = lr.spec.service.port;
+    let name = names::entry_service(&stage.base(&lr.name_any()));
+    let service = build::part_service(lr, stage.component.as_deref());
+    let port = service.port;
     let refs: Vec<_> = backends(&lr.name_any(), stage)
         .into_iter()
         .map(|(svc, weight)| serde_json::json!({"kind": "Service", "name": svc, "port": port, "weight": weight}))
@@ -58,9 +59,12 @@ pub fn route(lr: &LocallRelease, stage: &StageDesired) -> serde_json::Value {
     }
     let mut labels_map = build::common_labels(lr);
     labels_map.insert(labels::STAGE.into(), stage.name.clone());
+    if let Some(c) = &stage.component {
+        labels_map.insert(labels::COMPONENT.into(), c.clone());
+    }
     let mut meta = serde_json::json!({"name": name, "namespace": stage.namespace, "labels": labels_map});
-    if !lr.spec.service.annotations.is_empty() {
-        meta["annotations"] = serde_json::to_value(&lr.spec.service.annotations).unwrap_or_default();
+    if !service.annotations.is_empty() {
+        meta["annotations"] = serde_json::to_value(&service.annotations).unwrap_or_default();
     }
     if let Some(o) = build::owner(lr, &stage.namespace) {
         meta["ownerReferences"] = serde_json::to_value(o).unwrap_or_default();
@@ -101,10 +105,11 @@ pub fn merged_rules(current: &serde_json::Value, ours: &serde_json::Value, relea
 
 pub async fn apply(client: &Client, applied: &Applied, lr: &LocallRelease, stage: &StageDesired) -> Result<u32, WriteError> {
     let Some(t) = &stage.traffic else { return Ok(0) };
-    let release = lr.name_any();
+    let release = stage.base(&lr.name_any());
     let mut writes = 0;
     for rev in t.stable.iter().chain(t.candidate.iter()) {
-        let selector = BTreeMap::from([(labels::NAME.to_string(), release.clone()), (labels::REVISION.to_string(), rev.clone())]);
+        let mut selector = build::part_selector(lr, stage.component.as_deref());
+        selector.insert(labels::REVISION.to_string(), rev.clone());
         let mut svc = build::service(lr, stage, &names::revision_service(&release, rev), selector);
         svc.metadata.labels.get_or_insert_with(Default::default).insert(labels::REVISION.into(), rev.clone());
         writes += ensure_service(client, applied, svc).await?;
@@ -143,16 +148,24 @@ pub async fn apply(client: &Client, applied: &Applied, lr: &LocallRelease, stage
 /// Reads the candidate's share from the HTTPRoute's backend weights.
 pub async fn observe(client: &Client, lr: &LocallRelease, stage: &StageDesired) -> Result<Option<i32>, kube::Error> {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &stage.namespace, &httproute_resource());
-    let Some(route) = api.get_opt(&names::entry_service(&lr.name_any())).await? else { return Ok(None) };
-    let candidate = stage.traffic.as_ref().and_then(|t| t.candidate.clone()).map(|c| names::revision_service(&lr.name_any(), &c));
-    Ok(Some(candidate_share(&route.data, &lr.name_any(), candidate.as_deref())))
+    let base = stage.base(&lr.name_any());
+    let Some(route) = api.get_opt(&names::entry_service(&base)).await? else { return Ok(None) };
+    let candidate = stage.traffic.as_ref().and_then(|t| t.candidate.clone()).map(|c| names::revision_service(&base, &c));
+    Ok(Some(candidate_share(&route.data, &base, candidate.as_deref())))
 }
 
 /// Whether the stage's HTTPRoute has a backend with weight on the revision's Service.
-pub async fn routes_to(client: &Client, lr: &LocallRelease, namespace: &str, revision: &str) -> Result<bool, kube::Error> {
+pub async fn routes_to(
+    client: &Client,
+    lr: &LocallRelease,
+    namespace: &str,
+    component: Option<&str>,
+    revision: &str,
+) -> Result<bool, kube::Error> {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &httproute_resource());
-    let Some(route) = api.get_opt(&names::entry_service(&lr.name_any())).await? else { return Ok(false) };
-    Ok(weight_on(&route.data, &names::revision_service(&lr.name_any(), revision)) > 0)
+    let base = names::base(&lr.name_any(), component);
+    let Some(route) = api.get_opt(&names::entry_service(&base)).await? else { return Ok(false) };
+    Ok(weight_on(&route.data, &names::revision_service(&base, revision)) > 0)
 }
 
 /// The total weight of a route's backends naming `service` (pure).
@@ -201,6 +214,7 @@ mod tests {
             index: 1,
             name: "production".into(),
             namespace: "prod".into(),
+            component: None,
             replicas: 3,
             deployments: vec![],
             traffic: Some(TrafficTarget {

@@ -80,10 +80,17 @@ impl Router {
 impl Router {
     /// Whether the stage router in `namespace`, read from the API server, still sends any
     /// traffic to `revision`: a Deployment is deleted only once this says no.
-    pub async fn routes_to(self, client: &Client, lr: &LocallRelease, namespace: &str, revision: &str) -> Result<bool, kube::Error> {
+    pub async fn routes_to(
+        self,
+        client: &Client,
+        lr: &LocallRelease,
+        namespace: &str,
+        component: Option<&str>,
+        revision: &str,
+    ) -> Result<bool, kube::Error> {
         match self {
-            Router::Gateway => gateway::routes_to(client, lr, namespace, revision).await,
-            Router::ReplicaRatio => replicas::routes_to(client, lr, namespace, revision).await,
+            Router::Gateway => gateway::routes_to(client, lr, namespace, component, revision).await,
+            Router::ReplicaRatio => replicas::routes_to(client, lr, namespace, component, revision).await,
         }
     }
 }

@@ -16,6 +16,9 @@ use std::collections::BTreeMap;
 pub fn selector(release: &str, stage: &StageDesired) -> Option<BTreeMap<String, String>> {
     let t = stage.traffic.as_ref()?;
     let mut sel = BTreeMap::from([(labels::NAME.to_string(), release.to_string())]);
+    if let Some(c) = &stage.component {
+        sel.insert(labels::COMPONENT.into(), c.clone());
+    }
     let pin = match (&t.stable, &t.candidate) {
         (Some(s), _) if t.weight <= 0 => Some(s.clone()),
         (_, Some(c)) if t.weight >= 100 => Some(c.clone()),
@@ -32,22 +35,28 @@ pub fn selector(release: &str, stage: &StageDesired) -> Option<BTreeMap<String, 
 
 pub async fn apply(client: &Client, applied: &Applied, lr: &LocallRelease, stage: &StageDesired) -> Result<u32, super::WriteError> {
     let Some(sel) = selector(&lr.name_any(), stage) else { return Ok(0) };
-    ensure_service(client, applied, build::service(lr, stage, &names::entry_service(&lr.name_any()), sel)).await
+    ensure_service(client, applied, build::service(lr, stage, &names::entry_service(&stage.base(&lr.name_any())), sel)).await
 }
 
 /// The candidate's share: pinned selectors say 0 or 100; otherwise the ratio of Ready pods.
 pub async fn observe(client: &Client, lr: &LocallRelease, stage: &StageDesired, obs: &Observed) -> Result<Option<i32>, kube::Error> {
     let api: Api<Service> = Api::namespaced(client.clone(), &stage.namespace);
-    let Some(svc) = api.get_opt(&names::entry_service(&lr.name_any())).await? else { return Ok(None) };
+    let Some(svc) = api.get_opt(&names::entry_service(&stage.base(&lr.name_any()))).await? else { return Ok(None) };
     let sel = svc.spec.and_then(|s| s.selector).unwrap_or_default();
     Ok(Some(share(&lr.name_any(), stage, &sel, obs)))
 }
 
 /// Whether the stage's Service selects the revision's pods: unpinned (both versions), or pinned
 /// to it.
-pub async fn routes_to(client: &Client, lr: &LocallRelease, namespace: &str, revision: &str) -> Result<bool, kube::Error> {
+pub async fn routes_to(
+    client: &Client,
+    lr: &LocallRelease,
+    namespace: &str,
+    component: Option<&str>,
+    revision: &str,
+) -> Result<bool, kube::Error> {
     let api: Api<Service> = Api::namespaced(client.clone(), namespace);
-    let Some(svc) = api.get_opt(&names::entry_service(&lr.name_any())).await? else { return Ok(false) };
+    let Some(svc) = api.get_opt(&names::entry_service(&names::base(&lr.name_any(), component))).await? else { return Ok(false) };
     let sel = svc.spec.and_then(|s| s.selector).unwrap_or_default();
     Ok(sel.get(labels::REVISION).is_none_or(|r| r == revision))
 }
@@ -57,7 +66,7 @@ pub fn share(release: &str, stage: &StageDesired, sel: &BTreeMap<String, String>
     let Some(t) = &stage.traffic else { return 0 };
     let ready = |rev: &Option<String>| {
         rev.as_ref()
-            .and_then(|r| obs.deployments.get(&(stage.namespace.clone(), names::deployment(release, r))))
+            .and_then(|r| obs.deployments.get(&(stage.namespace.clone(), names::deployment(&stage.base(release), r))))
             .map(|d| d.ready)
             .unwrap_or(0)
     };

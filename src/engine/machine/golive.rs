@@ -60,7 +60,12 @@ impl Tick<'_> {
             }
         }
         let namespaces = self.st.reached.iter().map(|s| s.namespace.clone()).collect();
-        self.st.stable = Some(StableVersion { version: version.clone(), revision: self.st.revision.clone(), namespaces });
+        self.st.stable = Some(StableVersion {
+            version: version.clone(),
+            revision: self.st.revision.clone(),
+            namespaces,
+            components: self.st.components.iter().map(|c| crate::api::ComponentRef { ready: String::new(), ..c.clone() }).collect(),
+        });
         self.set_phase(Phase::Succeeded, format!("{version} released"));
         self.reason = "Succeeded".into();
         Flow::Next
@@ -71,7 +76,7 @@ impl Tick<'_> {
     pub(super) fn gates(&mut self, context: &str, since: Option<DateTime<Utc>>) -> Option<GateFlow> {
         let a = self.r.spec.analysis.as_ref()?;
         let t = gates::target(&self.r, &self.st)?;
-        match gates::outcome(&a.metrics, &self.st.gates, &t, since) {
+        match gates::outcome(&gates::metrics(self.r.spec, self.r.name), &self.st.gates, &t, since) {
             Outcome::Pass => None,
             Outcome::Hold(_) if a.dry_run => None,
             Outcome::Hold(why) => Some(GateFlow::Hold(why.join("; "))),
@@ -90,19 +95,24 @@ impl Tick<'_> {
     }
 
     pub(super) fn next_measure(&self) -> Option<Duration> {
-        let a = self.r.spec.analysis.as_ref()?;
+        self.r.spec.analysis.as_ref()?;
         let t = gates::target(&self.r, &self.st)?;
-        Some(gates::next_due(&a.metrics, &self.st.gates, &t, self.now).max(Duration::from_millis(200)))
+        Some(gates::next_due(&gates::metrics(self.r.spec, self.r.name), &self.st.gates, &t, self.now).max(Duration::from_millis(200)))
     }
 
     fn fail_on_metric(&mut self, g: &GateStatus, context: &str) {
-        let metric = self.r.spec.analysis.as_ref().and_then(|a| a.metrics.iter().find(|m| m.name == g.metric));
+        let metrics = gates::metrics(self.r.spec, self.r.name);
+        let metric = metrics.iter().find(|m| m.name == g.metric);
         let threshold = metric.and_then(|m| m.rollback.as_ref()).map(|t| t.to_string()).unwrap_or_default();
         let values = g.breach_values.iter().map(|v| format!("{v:.4}")).collect::<Vec<_>>().join(", ");
         let values = if values.is_empty() { g.message.clone() } else { format!("values {values}") };
-        let msg =
-            format!("metric {} breached its rollback trigger {threshold} {} times in a row in {context} ({values})", g.metric, g.breaches);
-        self.fail(FailureReason::MetricBreached, &msg);
+        let component = metric.and_then(|m| m.component.clone());
+        let of = component.as_ref().map(|c| format!("component {c}: ")).unwrap_or_default();
+        let msg = format!(
+            "{of}metric {} breached its rollback trigger {threshold} {} times in a row in {context} ({values})",
+            g.metric, g.breaches
+        );
+        self.fail_in(component.as_deref(), FailureReason::MetricBreached, &msg);
         if let Some(f) = self.st.failure.as_mut() {
             f.metric = Some(MetricBreach {
                 metric: g.metric.clone(),

@@ -76,9 +76,9 @@ pub fn decide(r: Release<'_>, obs: &Observed, now: DateTime<Utc>) -> Decision {
         t.start_release(revision.clone());
     }
     // This tick's measurements, if they are about what the gates watch now.
-    if let (Some(a), Some(target)) = (&r.spec.analysis, super::gates::target(&r, &t.st)) {
+    if let (Some(_), Some(target)) = (&r.spec.analysis, super::gates::target(&r, &t.st)) {
         if obs.measured_target.as_deref() == Some(target.key().as_str()) {
-            super::gates::fold(&a.metrics, &mut t.st.gates, &target, &obs.measurements, now);
+            super::gates::fold(&super::gates::metrics(r.spec, r.name), &mut t.st.gates, &target, &obs.measurements, now);
         }
     }
     t.st.observed_generation = r.generation;
@@ -130,6 +130,7 @@ pub fn decide(r: Release<'_>, obs: &Observed, now: DateTime<Utc>) -> Decision {
         // Every branch that waits says on what; this only guards the status against a gap.
         t.await_until(&format!("the next step of {}", t.st.phase), None);
     }
+    t.count_ready();
     let frozen = t.stalled || (!problems.is_empty() && !rolling_back);
     let desired = t.desired(frozen);
     let reason = if t.reason.is_empty() { t.st.phase.as_str().to_string() } else { t.reason.clone() };
@@ -254,10 +255,44 @@ impl<'a> Tick<'a> {
         Release { status: &self.st, ..self.r }
     }
 
-    /// Ready pods of a revision's Deployment in a namespace, as observed.
-    fn ready(&self, ns: &str, revision: &str) -> i32 {
-        let dep = names::deployment(self.r.name, revision);
+    /// Ready pods of a part's Deployment of a revision in a namespace, as observed.
+    fn ready(&self, ns: &str, part: &super::Part, revision: &str) -> i32 {
+        let dep = names::deployment(&part.base(self.r.name), revision);
         self.obs.deployments.get(&(ns.to_string(), dep)).map_or(0, |d| d.ready)
+    }
+
+    /// Each component's Ready pods of the version in flight where the release stands (the
+    /// current stage, else the last one reached), and how many components are Ready.
+    fn count_ready(&mut self) {
+        if self.st.components.is_empty() {
+            self.st.components_ready = None;
+            return;
+        }
+        let at = self.st.reached.iter().find(|s| s.name == self.st.stage).or(self.st.reached.last()).cloned();
+        let mut ready = 0;
+        let parts = self.parts();
+        for (c, part) in self.st.components.clone().iter().zip(parts.iter()) {
+            let text = match &at {
+                Some(s) => {
+                    let n = part.replicas_in(s.replicas);
+                    let r = self.ready(&s.namespace, part, &self.st.revision);
+                    if r >= n {
+                        ready += 1;
+                    }
+                    format!("{}/{n}", r.min(n))
+                }
+                None => String::new(),
+            };
+            if let Some(x) = self.st.components.iter_mut().find(|x| x.name == c.name) {
+                x.ready = text;
+            }
+        }
+        self.st.components_ready = Some(format!("{ready}/{}", self.st.components.len()));
+    }
+
+    /// The parts of the version in flight, as recorded when it started.
+    fn parts(&self) -> Vec<super::Part> {
+        super::parts_of(&self.st.components)
     }
 
     /// The stable version where it runs in namespace `ns` (not a stage added since).

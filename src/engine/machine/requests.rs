@@ -35,6 +35,7 @@ impl Tick<'_> {
             handled_request,
             sequence,
             attempt: if same_revision { attempt } else { 0 },
+            components: crate::engine::spec_components(self.r.spec),
             ..Default::default()
         };
         self.st.phase_started_at = Some(self.now);

@@ -4,7 +4,7 @@
 
 use super::{add_std, Flow, Tick, ROLLBACK_VERIFIED};
 use crate::api::{conditions, Failure, FailureReason, JobKind, Phase};
-use crate::engine::{gates, gates::Outcome, names::Slot, POLL};
+use crate::engine::{gates, gates::Outcome, names, names::Slot, POLL, PROGRESS_DEADLINE};
 use chrono::{DateTime, Utc};
 use std::time::Duration;
 
@@ -48,12 +48,18 @@ impl Tick<'_> {
         self.reason = self.st.failure.as_ref().map(|f| f.reason.as_str().to_string()).unwrap_or_default();
         // 1. All traffic back on the stable version, verified in every stage that received it.
         if self.st.failure.as_ref().is_some_and(|f| f.traffic_restored_at.is_none()) {
+            let parts = self.parts();
             let pending: Vec<String> = self
                 .st
                 .reached
                 .iter()
                 .map(|s| s.namespace.clone())
-                .filter(|ns| self.stable_in(ns).is_some() && self.obs.traffic.get(ns).copied() != Some(0))
+                .filter(|ns| {
+                    parts
+                        .iter()
+                        .filter(|p| p.routed && self.has_stable_part(ns, p))
+                        .any(|p| self.obs.traffic.get(&p.key(ns)).copied() != Some(0))
+                })
                 .collect();
             if !pending.is_empty() {
                 self.st.message = format!("moving all traffic back to the stable version in {}", pending.join(", "));
@@ -86,8 +92,12 @@ impl Tick<'_> {
                 }
             }
         }
-        // 3. Verify the restored version: the rollback's Jobs, then the metric gates.
+        // 3. Verify the restored version: every part of it Ready where the candidate went, the
+        //    rollback's Jobs, then the metric gates.
         if self.st.failure.as_ref().is_some_and(|f| f.verified_at.is_none()) {
+            if let Some(flow) = self.stable_parts_ready() {
+                return flow;
+            }
             let ns = self.r.namespace.to_string();
             let verify = self.r.spec.rollback.as_ref().map(|p| p.verify.clone()).unwrap_or_default();
             for v in &verify {
@@ -102,22 +112,24 @@ impl Tick<'_> {
             }
             let restored = self.st.failure.as_ref().and_then(|f| f.traffic_restored_at).unwrap_or(self.now);
             match (self.r.spec.analysis.as_ref(), gates::target(&self.r, &self.st)) {
-                (Some(a), Some(t)) if !a.dry_run => match gates::outcome(&a.metrics, &self.st.gates, &t, Some(restored)) {
-                    Outcome::Pass => return self.rollback_verified(true, &format!("metric gates pass on {}", t.version)),
-                    Outcome::Breach(g) => {
-                        return self.rollback_verified(false, &format!("{} still breaches on {}: {}", g.metric, t.version, g.message))
-                    }
-                    Outcome::Hold(why) => {
-                        let limit: DateTime<Utc> = add_std(restored, a.interval.get().saturating_mul(10));
-                        if self.now >= limit {
-                            return self
-                                .rollback_verified(false, &format!("metric gates did not pass on {} ({})", t.version, why.join("; ")));
+                (Some(a), Some(t)) if !a.dry_run => {
+                    match gates::outcome(&gates::metrics(self.r.spec, self.r.name), &self.st.gates, &t, Some(restored)) {
+                        Outcome::Pass => return self.rollback_verified(true, &format!("metric gates pass on {}", t.version)),
+                        Outcome::Breach(g) => {
+                            return self.rollback_verified(false, &format!("{} still breaches on {}: {}", g.metric, t.version, g.message))
                         }
-                        self.st.message = format!("verifying the rollback: {}", why.join("; "));
-                        self.await_until(&format!("metric gates on {} after the rollback", t.version), Some(limit));
-                        return Flow::Wait(self.next_measure().or(Some(POLL)));
+                        Outcome::Hold(why) => {
+                            let limit: DateTime<Utc> = add_std(restored, a.interval.get().saturating_mul(10));
+                            if self.now >= limit {
+                                return self
+                                    .rollback_verified(false, &format!("metric gates did not pass on {} ({})", t.version, why.join("; ")));
+                            }
+                            self.st.message = format!("verifying the rollback: {}", why.join("; "));
+                            self.await_until(&format!("metric gates on {} after the rollback", t.version), Some(limit));
+                            return Flow::Wait(self.next_measure().or(Some(POLL)));
+                        }
                     }
-                },
+                }
                 _ => return self.rollback_verified(true, "traffic restored; no metric gates to check"),
             }
         }
@@ -125,6 +137,44 @@ impl Tick<'_> {
         let to = self.stable().map(|s| s.version.clone()).unwrap_or_else(|| "nothing".into());
         self.set_phase(Phase::RolledBack, format!("rolled back to {to}: {msg}"));
         Flow::Next
+    }
+
+    /// Waits until the stable version's Deployment of every part is Ready in every stage the
+    /// candidate reached (where the stable version runs): `None` once they are. Not Ready in
+    /// time: the rollback is reported unverified, naming the part.
+    fn stable_parts_ready(&mut self) -> Option<Flow> {
+        let stable = self.stable()?.clone();
+        let parts = crate::engine::parts_of(&stable.components);
+        let reached = self.st.reached.clone();
+        for s in reached.iter().filter(|s| stable.namespaces.is_empty() || stable.namespaces.contains(&s.namespace)) {
+            for part in &parts {
+                let n = part.replicas_in(s.replicas);
+                if self.ready(&s.namespace, part, &stable.revision) >= n {
+                    continue;
+                }
+                let dep = names::deployment(&part.base(self.r.name), &stable.revision);
+                let label = part.label();
+                let on = format!("{label}Deployment {}/{dep} of {} Ready again ({n} replicas)", s.namespace, stable.version);
+                if self.await_deadline(&on, PROGRESS_DEADLINE) {
+                    let minutes = PROGRESS_DEADLINE.num_minutes();
+                    let msg =
+                        format!("{label}Deployment {}/{dep} of {} was not Ready within {minutes} minutes", s.namespace, stable.version);
+                    return Some(self.rollback_verified(false, &msg));
+                }
+                self.st.message = format!("verifying the rollback: {on}");
+                return Some(Flow::Wait(Some(POLL)));
+            }
+        }
+        None
+    }
+
+    /// Fails the release naming the component at fault, when one is.
+    pub(super) fn fail_in(&mut self, component: Option<&str>, reason: FailureReason, message: &str) {
+        let had = self.st.failure.is_some() && self.st.phase == Phase::RollingBack;
+        self.fail(reason, message);
+        if let (false, Some(f)) = (had, self.st.failure.as_mut()) {
+            f.component = component.map(str::to_string);
+        }
     }
 
     fn rollback_verified(&mut self, ok: bool, message: &str) -> Flow {
@@ -145,6 +195,7 @@ fn failure(reason: FailureReason, message: &str, stage: &str, at: DateTime<Utc>,
         reason,
         message: message.into(),
         stage: stage.into(),
+        component: None,
         at,
         traffic_moved,
         traffic_restored_at: None,

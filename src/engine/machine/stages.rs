@@ -125,26 +125,34 @@ impl Tick<'_> {
         }
         let version = self.st.candidate_version.clone();
 
-        // 1. The candidate is deployed at full size and Ready, before verification or traffic.
+        // 1. The candidate is deployed at full size and Ready, before verification or traffic:
+        //    every part of it, in the order the parts state.
         if self.st.stage_ready_at.is_none() {
-            let dep = names::deployment(self.r.name, &self.st.revision);
-            let ready = self
-                .obs
-                .deployments
-                .get(&(ns.clone(), dep.clone()))
-                .is_some_and(|d| d.current && d.ready >= replicas && d.updated >= replicas);
-            if !ready {
-                let on = format!("Deployment {ns}/{dep} Ready ({replicas} replicas)");
-                if self.await_deadline(&on, PROGRESS_DEADLINE) {
-                    let minutes = PROGRESS_DEADLINE.num_minutes();
-                    self.fail(FailureReason::DeploymentNotReady, &format!("Deployment {ns}/{dep} was not Ready within {minutes} minutes"));
-                    return Flow::Next;
+            for part in self.parts() {
+                let n = part.replicas_in(replicas);
+                let dep = names::deployment(&part.base(self.r.name), &self.st.revision);
+                let ready =
+                    self.obs.deployments.get(&(ns.clone(), dep.clone())).is_some_and(|d| d.current && d.ready >= n && d.updated >= n);
+                if !ready {
+                    let label = part.label();
+                    let on = format!("{label}Deployment {ns}/{dep} Ready ({n} replicas)");
+                    if self.await_deadline(&on, PROGRESS_DEADLINE) {
+                        let minutes = PROGRESS_DEADLINE.num_minutes();
+                        let msg = format!("{label}Deployment {ns}/{dep} was not Ready within {minutes} minutes");
+                        self.fail_in(part.component.as_deref(), FailureReason::DeploymentNotReady, &msg);
+                        return Flow::Next;
+                    }
+                    self.st.message = format!("{label}waiting for Deployment {ns}/{dep} to be Ready ({n} replicas)");
+                    return Flow::Wait(Some(POLL));
                 }
-                self.st.message = format!("waiting for Deployment {ns}/{dep} to be Ready ({replicas} replicas)");
-                return Flow::Wait(Some(POLL));
             }
             self.st.stage_ready_at = Some(self.now);
-            self.event(false, "Deployed", format!("{version} Ready in stage {} ({replicas} replicas)", stage.name));
+            let what = if self.st.components.is_empty() {
+                format!("{replicas} replicas")
+            } else {
+                format!("{} components", self.st.components.len())
+            };
+            self.event(false, "Deployed", format!("{version} Ready in stage {} ({what})", stage.name));
         }
         // 2. Verification Jobs, in order.
         for v in &stage.verify {
@@ -157,39 +165,57 @@ impl Tick<'_> {
         let weights = self.weights(i, &ns);
         let step = (self.st.step as usize).min(weights.len() - 1);
         let (weight, pause) = weights[step];
-        let has_stable = self.stable_in(&ns).is_some();
         let method = self.r.spec.traffic.method;
+        let routed: Vec<_> = self.parts().into_iter().filter(|p| p.routed).collect();
         if weight > self.st.weight {
             // More traffic only to a candidate that is Ready now (it may have been deleted or
             // have lost pods since the stage started): as many pods as serve the current weight.
-            let dep = names::deployment(self.r.name, &self.st.revision);
-            let need = traffic::candidate_replicas(method, replicas, self.st.weight, has_stable).max(1);
-            let ready = self.ready(&ns, &self.st.revision);
-            if ready < need {
-                let on = format!("Deployment {ns}/{dep} Ready before traffic rises to {weight}% in stage {}", stage.name);
-                if self.await_deadline(&on, PROGRESS_DEADLINE) {
-                    let minutes = PROGRESS_DEADLINE.num_minutes();
-                    self.fail(
-                        FailureReason::DeploymentNotReady,
-                        &format!("Deployment {ns}/{dep} was not Ready again within {minutes} minutes"),
+            for part in &routed {
+                let n = part.replicas_in(replicas);
+                let has_stable = self.has_stable_part(&ns, part);
+                let dep = names::deployment(&part.base(self.r.name), &self.st.revision);
+                let need = traffic::candidate_replicas(method, n, self.st.weight, has_stable).max(1);
+                let ready = self.ready(&ns, part, &self.st.revision);
+                if ready < need {
+                    let label = part.label();
+                    let on = format!("{label}Deployment {ns}/{dep} Ready before traffic rises to {weight}% in stage {}", stage.name);
+                    if self.await_deadline(&on, PROGRESS_DEADLINE) {
+                        let minutes = PROGRESS_DEADLINE.num_minutes();
+                        let msg = format!("{label}Deployment {ns}/{dep} was not Ready again within {minutes} minutes");
+                        self.fail_in(part.component.as_deref(), FailureReason::DeploymentNotReady, &msg);
+                        return Flow::Next;
+                    }
+                    self.st.message = format!(
+                        "stage {}: {label}waiting for Deployment {ns}/{dep} to be Ready ({ready}/{need}) before {weight}%",
+                        stage.name
                     );
-                    return Flow::Next;
+                    return Flow::Wait(Some(POLL));
                 }
-                self.st.message =
-                    format!("stage {}: waiting for Deployment {ns}/{dep} to be Ready ({ready}/{need}) before {weight}%", stage.name);
-                return Flow::Wait(Some(POLL));
             }
         }
         self.st.weight = weight;
-        let c = traffic::candidate_replicas(method, replicas, weight, has_stable);
-        let want = traffic::effective_weight(method, replicas, c, weight, has_stable);
+        // Every HTTP part at the same weight, as read back from its router.
+        let wants: Vec<(String, i32)> = routed
+            .iter()
+            .map(|part| {
+                let n = part.replicas_in(replicas);
+                let has_stable = self.has_stable_part(&ns, part);
+                let c = traffic::candidate_replicas(method, n, weight, has_stable);
+                (part.key(&ns), traffic::effective_weight(method, n, c, weight, has_stable))
+            })
+            .collect();
+        let want = wants.first().map_or(weight, |w| w.1);
         if self.st.step_started_at.is_none() {
-            let seen = self.obs.traffic.get(&ns).copied();
-            if seen != Some(want) {
+            let behind = wants.iter().find(|(key, w)| self.obs.traffic.get(key).copied() != Some(*w));
+            if let Some((key, want)) = behind {
+                let want = *want;
+                let seen = self.obs.traffic.get(key).copied();
                 let on = format!("traffic {want}% on {version} in stage {} (step {}/{})", stage.name, step + 1, weights.len());
                 if self.await_deadline(&on, PROGRESS_DEADLINE) {
-                    let msg = format!("stage {}: traffic did not reach {want}% in time (last seen {seen:?})", stage.name);
-                    self.fail(FailureReason::TrafficNotShifted, &msg);
+                    let part = key.split_once('/').map(|(_, c)| format!(" for component {c}")).unwrap_or_default();
+                    let msg = format!("stage {}: traffic did not reach {want}%{part} in time (last seen {seen:?})", stage.name);
+                    let component = key.split_once('/').map(|(_, c)| c.to_string());
+                    self.fail_in(component.as_deref(), FailureReason::TrafficNotShifted, &msg);
                     return Flow::Next;
                 }
                 self.st.message = format!("stage {}: shifting {weight}% of traffic to {version}", stage.name);
@@ -257,6 +283,11 @@ impl Tick<'_> {
             return vec![(100, None)];
         }
         stage.steps.iter().map(|s| (s.weight.clamp(1, 100), s.pause.as_ref().map(|d| d.get()))).collect()
+    }
+
+    /// Whether the stable version runs this part in namespace `ns` (a component added since has none).
+    pub(super) fn has_stable_part(&self, ns: &str, part: &crate::engine::Part) -> bool {
+        self.stable_in(ns).is_some_and(|s| crate::engine::parts_of(&s.components).iter().any(|p| p.component == part.component))
     }
 
     /// Whether the verification Jobs of spec stage `i` succeeded (for this attempt).
