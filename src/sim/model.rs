@@ -10,6 +10,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Annotation (HTTPRoute or Service) with the entry point's request rate in requests/second.
 pub const ANN_RPS: &str = "sim.locall.io/rps";
+/// Pod annotation marking a worker (a component without a Service): the jobs/second its pods
+/// handle together. Its series carry `service="<app name>-<component>"`.
+pub const ANN_WORKER_RPS: &str = "sim.locall.io/worker-rps";
 /// Pod annotation: fraction (0..=1) of requests answered 500.
 pub const ANN_ERROR_RATE: &str = "sim.locall.io/error-rate";
 /// Pod annotation: error rate used instead while the version receives 100% of the traffic.

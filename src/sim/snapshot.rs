@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{ApiResource, DynamicObject};
 use kube::ResourceExt;
 
-use super::model::{Backend, EntryKind, EntryPoint, PodInfo, Snapshot, UNKNOWN_VERSION, VERSION_LABEL};
+use super::model::{Backend, EntryKind, EntryPoint, PodInfo, Snapshot, ANN_RPS, ANN_WORKER_RPS, UNKNOWN_VERSION, VERSION_LABEL};
 
 /// API group of HTTPRoute.
 pub const HTTPROUTE_GROUP: &str = "gateway.networking.k8s.io";
@@ -150,6 +150,29 @@ pub fn build_snapshot(pods: &[Arc<Pod>], services: &[Arc<Service>], routes: &[Ar
             kind: EntryKind::Service,
             annotations: svc.annotations().clone(),
             backends: vec![Backend { weight: 1, pods: selected_pods(svc) }],
+        });
+    }
+    // Workers: pods that say how much work they take, grouped by application and component,
+    // every version of them sharing the work.
+    let mut workers: BTreeMap<(String, String), (String, Vec<PodInfo>)> = BTreeMap::new();
+    for (pod, info) in pods_by_ns.values().flatten() {
+        let Some(rps) = pod.annotations().get(ANN_WORKER_RPS) else { continue };
+        let labels = pod.labels();
+        let (Some(app), Some(component)) = (labels.get("app.kubernetes.io/name"), labels.get("app.kubernetes.io/component")) else {
+            continue;
+        };
+        let key = (info.namespace.clone(), format!("{app}-{component}"));
+        let entry = workers.entry(key).or_insert_with(|| (rps.clone(), Vec::new()));
+        entry.1.push(info.clone());
+    }
+    for ((namespace, name), (rps, mut pods)) in workers {
+        pods.sort_by(|a, b| a.name.cmp(&b.name));
+        entry_points.push(EntryPoint {
+            namespace,
+            name,
+            kind: EntryKind::Service,
+            annotations: BTreeMap::from([(ANN_RPS.to_string(), rps)]),
+            backends: vec![Backend { weight: 1, pods }],
         });
     }
     Snapshot { entry_points }

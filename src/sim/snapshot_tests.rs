@@ -136,3 +136,30 @@ fn route_to_missing_service_is_unavailable() {
     assert!(p.series[0].unavailable);
     assert_eq!(p.series[0].rps, 10.0);
 }
+
+#[test]
+fn worker_pods_are_one_entry_point_per_application_component() {
+    let worker = |name: &str, version: &str, rps: Option<&str>| {
+        let mut p = (*pod(
+            "shop",
+            name,
+            &[(V, version), ("app.kubernetes.io/name", "platform"), ("app.kubernetes.io/component", "worker")],
+            Some(true),
+        ))
+        .clone();
+        if let Some(rps) = rps {
+            p.metadata.annotations.get_or_insert_with(Default::default).insert(crate::sim::model::ANN_WORKER_RPS.into(), rps.into());
+        }
+        Arc::new(p)
+    };
+    let pods = vec![worker("w-1", "v1", Some("20")), worker("w-2", "v2", Some("20")), worker("other", "v1", None)];
+    let snap = build_snapshot(&pods, &[], &[]);
+    assert_eq!(snap.entry_points.len(), 1, "only pods that say they take work");
+    let ep = &snap.entry_points[0];
+    assert_eq!((ep.namespace.as_str(), ep.name.as_str()), ("shop", "platform-worker"));
+    assert_eq!(ep.annotations[ANN_RPS], "20");
+    assert_eq!(ep.backends[0].pods.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["w-1", "w-2"]);
+    // Both versions share the work, each series labelled with its version.
+    let rates = plan(&snap, 0.0);
+    assert_eq!(rates.series.iter().map(|s| (s.key.version.as_str(), s.rps)).collect::<Vec<_>>(), [("v1", 10.0), ("v2", 10.0)]);
+}
