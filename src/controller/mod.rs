@@ -392,10 +392,10 @@ fn release_trigger(lr: &LocallRelease) -> Option<u64> {
 }
 
 /// Keeps of a Deployment what observe and act read: name, namespace, uid, generation, the
-/// release and revision labels, the applied hash, `spec.replicas` and three status counters.
+/// release, revision and component labels, the applied hash, `spec.replicas` and three status counters.
 /// A thousand Deployments' selectors, conditions and other labels are not kept.
 fn slim_deployment(d: &mut Deployment) {
-    use crate::api::labels::{RELEASE, REVISION};
+    use crate::api::labels::{COMPONENT, RELEASE, REVISION};
     use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
     let m = std::mem::take(&mut d.metadata);
     let keep = |map: Option<std::collections::BTreeMap<String, String>>, keys: &[&str]| {
@@ -406,7 +406,8 @@ fn slim_deployment(d: &mut Deployment) {
         namespace: m.namespace,
         uid: m.uid,
         generation: m.generation,
-        labels: keep(m.labels, &[RELEASE, REVISION]),
+        // The component too: which route to read back before a stale one is deleted.
+        labels: keep(m.labels, &[RELEASE, REVISION, COMPONENT]),
         annotations: keep(m.annotations, &[build::APPLIED_HASH]),
         ..Default::default()
     };
@@ -769,6 +770,23 @@ mod tests {
     use super::Error;
     use kube::runtime::finalizer::Error as F;
     use std::time::Duration;
+
+    /// The slimmed cache keeps what deciding whether a stale Deployment may go needs: its
+    /// revision and its component (which route to read back), and drops the rest.
+    #[test]
+    fn the_slim_deployment_cache_keeps_revision_and_component() {
+        use crate::api::labels::{COMPONENT, NAME, RELEASE, REVISION};
+        let mut d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "p-api-1a2b3c4d", "namespace": "prod", "labels": {
+                NAME: "p", RELEASE: "prod.p", REVISION: "1a2b3c4d", COMPONENT: "api", "team": "calls"}},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"a": "b"}}, "template": {}},
+        }))
+        .unwrap();
+        super::slim_deployment(&mut d);
+        let labels = d.metadata.labels.unwrap();
+        assert_eq!(labels.keys().map(String::as_str).collect::<Vec<_>>(), [COMPONENT, RELEASE, REVISION]);
+        assert_eq!(d.spec.unwrap().replicas, Some(2));
+    }
 
     fn api(code: u16) -> kube::Error {
         kube::Error::Api(Box::new(kube::core::Status { code, ..Default::default() }))
