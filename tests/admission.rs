@@ -279,6 +279,71 @@ fn cases() -> Vec<Case> {
         },
         Case { what: "service port 0", edit: |v| set(v, "/spec/service/port", json!(0)), path: "spec.service.port" },
         Case { what: "missing template", edit: |v| remove(v, "/spec/template"), path: "spec.template" },
+        Case {
+            what: "template and components both",
+            edit: |v| {
+                set(v, "/spec/components", json!([{"name": "api", "template": {"spec": {"containers": [{"name": "api", "image": "a"}]}}}]))
+            },
+            path: "spec.template",
+        },
+        Case {
+            what: "component without an image",
+            edit: |v| {
+                remove(v, "/spec/template");
+                set(v, "/spec/components", json!([{"name": "api", "template": {"spec": {"containers": [{"name": "api"}]}}}]));
+            },
+            path: "spec.components[0].template.spec.containers[0].image",
+        },
+        Case {
+            what: "component without containers",
+            edit: |v| {
+                remove(v, "/spec/template");
+                set(v, "/spec/components", json!([{"name": "api", "template": {"spec": {"containers": []}}}]));
+            },
+            path: "spec.components[0].template.spec.containers",
+        },
+        Case {
+            what: "component name with capitals",
+            edit: |v| {
+                remove(v, "/spec/template");
+                set(v, "/spec/components", json!([{"name": "API", "template": {"spec": {"containers": [{"name": "api", "image": "a"}]}}}]));
+            },
+            path: "spec.components[0].name",
+        },
+        Case {
+            what: "component after an unknown component",
+            edit: |v| {
+                remove(v, "/spec/template");
+                set(
+                    v,
+                    "/spec/components",
+                    json!([{"name": "worker", "after": ["api"], "template": {"spec": {"containers": [{"name": "w", "image": "w"}]}}}]),
+                );
+            },
+            path: "spec.components",
+        },
+        Case {
+            what: "two components with one name",
+            edit: |v| {
+                remove(v, "/spec/template");
+                let c = json!({"name": "api", "template": {"spec": {"containers": [{"name": "api", "image": "a"}]}}});
+                set(v, "/spec/components", json!([c.clone(), c]));
+            },
+            path: "spec.components[1]",
+        },
+        Case {
+            what: "metric gating an unknown component",
+            edit: |v| {
+                remove(v, "/spec/template");
+                set(v, "/spec/components", json!([{"name": "api", "template": {"spec": {"containers": [{"name": "api", "image": "a"}]}}}]));
+                set(
+                    v,
+                    "/spec/analysis",
+                    json!({"metrics": [{"name": "e", "query": "q", "component": "worker", "rollback": {"op": ">", "value": 1}}]}),
+                );
+            },
+            path: "spec.analysis.metrics",
+        },
         Case { what: "replicas as a string", edit: |v| set(v, "/spec/replicas", json!("three")), path: "spec.replicas" },
         Case {
             what: "weight as a string",

@@ -52,7 +52,7 @@ pub const NAME_PATTERN: &str = r"^[a-z0-9]+(-[a-z0-9]+)*$";
 #[x_kube(validation = Rule::new("self.traffic.method != 'GatewayAPI' || has(self.traffic.gateway)").message("traffic.gateway is required when traffic.method is GatewayAPI").field_path(".traffic.gateway"))]
 #[x_kube(validation = Rule::new("!has(self.approvals) || self.approvals.all(a, self.stages.exists(s, s.name == a.stage))").message("approvals: every approval must name a stage of this release").field_path(".approvals"))]
 #[x_kube(validation = Rule::new("self.traffic.method != 'ReplicaRatio' || !has(self.traffic.gateway)").message("traffic.gateway must not be set when traffic.method is ReplicaRatio").field_path(".traffic.gateway"))]
-#[x_kube(validation = Rule::new("has(self.template) != (has(self.components) && self.components.size() > 0)").message("set either template (one application) or components (several), not both").field_path(".components"))]
+#[x_kube(validation = Rule::new("has(self.template) != (has(self.components) && self.components.size() > 0)").message("set template (one application) or components (several): exactly one of them").field_path(".template"))]
 #[x_kube(validation = Rule::new("!has(self.components) || self.components.all(c, !has(c.after) || c.after.all(a, a != c.name && self.components.exists(d, d.name == a)))").message("components[].after: name other components of this release").field_path(".components"))]
 #[x_kube(validation = Rule::new("!has(self.components) || !has(self.analysis) || !has(self.analysis.metrics) || self.analysis.metrics.all(m, !has(m.component) || self.components.exists(c, c.name == m.component))").message("analysis.metrics[].component: name a component of this release").field_path(".analysis.metrics"))]
 pub struct LocallReleaseSpec {

@@ -31,7 +31,7 @@ fn components(spec: &LocallReleaseSpec, out: &mut Vec<FieldError>) {
         return;
     }
     if has_template {
-        out.push(err("spec.components", "set either template (one application) or components (several), not both"));
+        out.push(err("spec.template", "set template (one application) or components (several): exactly one of them"));
     }
     let list = spec.components.iter().map(|c| c.name.as_str()).collect::<Vec<_>>();
     names(&list, "spec.components", "component", out);
@@ -294,7 +294,7 @@ analysis: {metrics: [{name: lag, component: worker, query: q, rollback: {op: ">"
 
     #[test]
     fn components_are_named_ordered_without_cycles_and_gated_only_where_they_exist() {
-        platform_named(|s| s.template = spec().template, &["spec.components"]);
+        platform_named(|s| s.template = spec().template, &["spec.template"]);
         platform_named(
             |s| s.components[1].name = "api".into(),
             &["spec.components[1].name", "spec.components[1].after[0]", "spec.analysis.metrics[0].component"],
