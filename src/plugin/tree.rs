@@ -110,6 +110,24 @@ pub fn render_tree(lr: &LocallRelease) -> String {
         nodes.push(Node::new(format!("{} requested by {by} (as the API server authenticated them)", st.candidate_version)));
     }
 
+    // Components, with their pods of the version in flight Ready where the release stands.
+    if !st.components.is_empty() {
+        let failed = st.failure.as_ref().and_then(|f| f.component.clone());
+        let parts = st
+            .components
+            .iter()
+            .map(|c| {
+                let role = if c.routed { "traffic" } else { "replaced" };
+                let after = if c.after.is_empty() { String::new() } else { format!(", after {}", c.after.join(", ")) };
+                let ready = if c.ready.is_empty() { String::new() } else { format!(" ready {}", c.ready) };
+                let mark = if failed.as_deref() == Some(c.name.as_str()) { "  ✖ failed" } else { "" };
+                Node::new(format!("{} ({role}{after}){ready}{mark}", c.name))
+            })
+            .collect();
+        let ready = st.components_ready.clone().unwrap_or_default();
+        nodes.push(Node::with(format!("components: {ready} Ready"), parts));
+    }
+
     // Preflight.
     if !st.preflight.is_empty() {
         let passed = st.preflight.iter().filter(|c| c.passed).count();
@@ -314,6 +332,9 @@ pub fn render_tree(lr: &LocallRelease) -> String {
         if !f.stage.is_empty() {
             c.push(Node::new(format!("stage: {}", f.stage)));
         }
+        if let Some(component) = &f.component {
+            c.push(Node::new(format!("component: {component} (every component rolled back with it)")));
+        }
         c.push(Node::new(format!("detected at {}{}", stamp(f.at), if f.traffic_moved { " (traffic had moved)" } else { "" })));
         if let Some(m) = &f.metric {
             let values: Vec<String> = m.values.iter().copied().map(num).collect();
@@ -465,6 +486,37 @@ spec:
         assert!(out.contains("steps: 10% (20s) → 25% (20s) → 50% (20s) → 100%\n"), "{out}");
         assert!(!out.contains("approvals:"), "{out}");
         assert!(!out.contains("holding"), "{out}");
+    }
+
+    #[test]
+    fn a_multi_component_release_shows_each_component_and_the_one_that_failed() {
+        let r = lr(&format!(
+            "{SPEC}{}",
+            r#"status:
+  observedGeneration: 2
+  phase: RolledBack
+  revision: 1a2b3c4d
+  candidateVersion: 2.0.0
+  stable: {version: 1.0.0, revision: 7446d6bc}
+  stage: production
+  components:
+  - {name: api, routed: true, ready: 0/2}
+  - {name: worker, after: [api], ready: 0/1}
+  componentsReady: 0/2
+  failure:
+    reason: MetricBreached
+    message: "component worker: metric worker/sync-failures breached its rollback trigger > 0.1 2 times in a row"
+    stage: production
+    component: worker
+    at: "2026-11-24T23:48:06.09Z"
+"#
+        ));
+        let out = render_tree(&r);
+        println!("{out}");
+        assert!(out.contains("components: 0/2 Ready\n"), "{out}");
+        assert!(out.contains("api (traffic) ready 0/2\n"), "{out}");
+        assert!(out.contains("worker (replaced, after api) ready 0/1  ✖ failed\n"), "{out}");
+        assert!(out.contains("component: worker (every component rolled back with it)"), "{out}");
     }
 
     #[test]

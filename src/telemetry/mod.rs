@@ -40,6 +40,13 @@ pub struct ReleaseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComponentLabels {
+    pub namespace: String,
+    pub name: String,
+    pub component: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
     pub namespace: String,
     pub name: String,
@@ -60,6 +67,10 @@ pub struct Metrics {
     pub rollbacks: Family<ReleaseLabels, Counter>,
     pub notifications: Family<TargetLabel, Counter>,
     pub gate_value: Family<GateLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// Per component of a multi-component release: 1 when its version in flight is Ready.
+    pub component_ready: Family<ComponentLabels, Gauge>,
+    /// Rollbacks a component's failure started, by component.
+    pub component_failures: Family<ComponentLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -85,6 +96,8 @@ impl Default for Metrics {
             api_requests: Family::default(),
             phase: Family::default(),
             weight: Family::default(),
+            component_ready: Family::default(),
+            component_failures: Family::default(),
             rollbacks: Family::default(),
             notifications: Family::default(),
             gate_value: Family::default(),
@@ -102,6 +115,16 @@ impl Default for Metrics {
         registry.register("locall_rollbacks", "Automatic rollbacks started", m.rollbacks.clone());
         registry.register("locall_notifications", "Notification delivery attempts by target and result", m.notifications.clone());
         registry.register("locall_gate_value", "Latest measured value of each metric gate", m.gate_value.clone());
+        registry.register(
+            "locall_component_ready",
+            "1 when a component's version in flight is Ready where its release stands",
+            m.component_ready.clone(),
+        );
+        registry.register(
+            "locall_component_failures",
+            "Rollbacks of a whole release started by one of its components",
+            m.component_failures.clone(),
+        );
         *m.registry.lock().unwrap() = registry;
         m
     }
@@ -171,9 +194,19 @@ impl Metrics {
                 self.gate_value.get_or_create(&gl).set(v);
             }
         }
+        for c in &status.components {
+            let cl = ComponentLabels { namespace: namespace.clone(), name: name.clone(), component: c.name.clone() };
+            let ready = c.ready.split_once('/').is_some_and(|(r, n)| r == n && !n.is_empty());
+            self.component_ready.get_or_create(&cl).set(ready as i64);
+        }
+        let starts_rollback = status.phase == Phase::RollingBack && before != Some(Phase::RollingBack);
+        if let Some(component) = status.failure.as_ref().and_then(|f| f.component.clone()).filter(|_| starts_rollback) {
+            let cl = ComponentLabels { namespace: namespace.clone(), name: name.clone(), component };
+            self.component_failures.get_or_create(&cl).inc();
+        }
         let l = ReleaseLabels { namespace, name };
         self.weight.get_or_create(&l).set(status.weight as i64);
-        if status.phase == Phase::RollingBack && before != Some(Phase::RollingBack) {
+        if starts_rollback {
             self.rollbacks.get_or_create(&l).inc();
         }
     }
