@@ -127,7 +127,8 @@ async fn v1_then_v2_succeed_and_v2_moves_route_weights_through_the_steps() {
     let (ok, out, err) = kubectl(&["-n", &ns, "get", "lr"]);
     assert!(ok, "{err}");
     let header: Vec<&str> = out.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "VERSION", "STAGE", "PHASE", "WEIGHT", "READY", "AGE"]);
+    assert_eq!(header, ["NAME", "VERSION", "STAGE", "PHASE", "WEIGHT", "COMPONENTS", "READY", "AGE"]);
+    // A release of one template leaves COMPONENTS empty.
     let row: Vec<&str> = out.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(&row[..6], ["locall-api", "2.0.0", "production", "Succeeded", "100", "True"]);
     let (ok, _, err) = kubectl(&["-n", &ns, "wait", "--for=condition=Ready", "lr/locall-api", "--timeout=10s"]);
