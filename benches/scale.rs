@@ -326,6 +326,29 @@ async fn main() {
     let soak_minutes: u64 = std::env::var("BENCH_SOAK_MINUTES").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
     let client = client().await;
     install_crd().await;
+    // Every object runs one pod: a local cluster without room for them all would measure
+    // releases waiting for pods the scheduler cannot place ("Too many pods"), not the operator.
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone()).list(&ListParams::default()).await.unwrap();
+    let room: i64 = nodes
+        .items
+        .iter()
+        .filter_map(|n| {
+            // A count, written "1000" or "1k" by the API server.
+            let q = &n.status.as_ref()?.allocatable.as_ref()?.get("pods")?.0;
+            match q.strip_suffix('k') {
+                Some(k) => k.parse::<i64>().ok().map(|k| k * 1000),
+                None => q.parse::<i64>().ok(),
+            }
+        })
+        .sum();
+    let need = largest as i64 + 200;
+    assert!(
+        room >= need,
+        "the local cluster has room for {room} pods, {largest} objects need about {need}: start it with CLUSTER_NODES={} \
+         (tests/cluster/down --purge; CLUSTER_NODES=... tests/cluster/up), each kwok node holds 1,000",
+        need / 1000 + 1
+    );
     let peer = peer();
     let mut results = serde_json::Map::new();
     let mut md = vec![];
