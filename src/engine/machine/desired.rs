@@ -92,16 +92,43 @@ impl Tick<'_> {
     /// of every part that came after it is gone. Then its replicas (never more than it has).
     fn undo_in_order(&self, v: &StageView, part: &Part, n: i32) -> i32 {
         let Some(me) = part.component.as_deref() else { return 0 };
-        let rev = &self.st.revision;
-        let later_still_up = self.parts().iter().filter(|p| p.after.iter().any(|a| a == me)).any(|p| {
-            let dep = names::deployment(&p.base(self.r.name), rev);
-            self.obs.deployments.get(&(v.namespace.clone(), dep)).is_some_and(|d| d.replicas > 0)
-        });
+        let later_still_up =
+            self.parts().iter().filter(|p| p.after.iter().any(|a| a == me)).any(|p| self.candidate_replicas_seen(v, p) > 0);
         if !later_still_up {
             return 0;
         }
-        let dep = names::deployment(&part.base(self.r.name), rev);
-        self.obs.deployments.get(&(v.namespace.clone(), dep)).map_or(0, |d| d.replicas).min(n)
+        self.candidate_replicas_seen(v, part).min(n)
+    }
+
+    /// The replicas the candidate's Deployment of a part has in a stage, as observed.
+    fn candidate_replicas_seen(&self, v: &StageView, part: &Part) -> i32 {
+        let dep = names::deployment(&part.base(self.r.name), &self.st.revision);
+        self.obs.deployments.get(&(v.namespace.clone(), dep)).map_or(0, |d| d.replicas)
+    }
+
+    /// What every part starts from: its entry in the stage (no Deployment, no traffic yet), the
+    /// candidate's Deployment at full size, and whether the candidate is the stable revision
+    /// itself where it runs (a revert to it).
+    fn part_start(&self, v: &StageView, part: &Part, in_cand: bool) -> (StageDesired, DeploymentDesired, bool) {
+        let n = part.replicas_in(v.replicas);
+        let out = StageDesired {
+            index: v.index,
+            name: v.name.clone(),
+            namespace: v.namespace.clone(),
+            component: part.component.clone(),
+            replicas: n,
+            deployments: vec![],
+            traffic: None,
+        };
+        let candidate = DeploymentDesired {
+            revision: self.st.revision.clone(),
+            version: self.st.candidate_version.clone(),
+            replicas: n,
+            from_spec: self.builds_from_spec(),
+        };
+        let runs_here = |s: &&StableVersion| s.namespaces.is_empty() || s.namespaces.contains(&v.namespace);
+        let same = in_cand && self.st.stable.as_ref().filter(runs_here).is_some_and(|s| s.revision == self.st.revision);
+        (out, candidate, same)
     }
 
     /// A part that takes traffic: both versions side by side, the traffic stepping between them.
@@ -114,25 +141,7 @@ impl Tick<'_> {
         let seen = self.obs.traffic.get(&key).copied().unwrap_or(0);
         let reached = v.reached && in_cand;
         let stable = self.stable_here(&v.namespace, in_stable);
-        let mut out = StageDesired {
-            index: v.index,
-            name: v.name.clone(),
-            namespace: v.namespace.clone(),
-            component: part.component.clone(),
-            replicas: n,
-            deployments: vec![],
-            traffic: None,
-        };
-        let candidate = DeploymentDesired {
-            revision: cand_rev.clone(),
-            version: self.st.candidate_version.clone(),
-            replicas: n,
-            from_spec: self.builds_from_spec(),
-        };
-        // Re-releasing the stable revision itself (a revert to it) where it runs: it keeps
-        // all the traffic there.
-        let runs_here = |s: &&StableVersion| s.namespaces.is_empty() || s.namespaces.contains(&v.namespace);
-        let same = in_cand && self.st.stable.as_ref().filter(runs_here).is_some_and(|s| &s.revision == cand_rev);
+        let (mut out, candidate, same) = self.part_start(v, part, in_cand);
         // Never more traffic than now to a candidate with no Ready pod (deleted by hand, or
         // scaled down by a reconcile whose status write was lost): it waits for its pods.
         let ready = self.ready(&v.namespace, part, cand_rev);
@@ -181,12 +190,7 @@ impl Tick<'_> {
             _ => (weight, cand_replicas),
         };
         if let Some(s) = &stable {
-            out.deployments.push(DeploymentDesired {
-                revision: s.revision.clone(),
-                version: s.version.clone(),
-                replicas: n,
-                from_spec: false,
-            });
+            out.deployments.push(stable_deployment(s, n));
         }
         if reached {
             out.deployments.push(DeploymentDesired { replicas: cand_replicas, ..candidate });
@@ -212,24 +216,7 @@ impl Tick<'_> {
         let stable = self.stable_here(&v.namespace, in_stable);
         let undoing = matches!(self.st.phase, Phase::RollingBack | Phase::RolledBack | Phase::Failed);
         let reached = v.reached && in_cand;
-        let mut out = StageDesired {
-            index: v.index,
-            name: v.name.clone(),
-            namespace: v.namespace.clone(),
-            component: part.component.clone(),
-            replicas: n,
-            deployments: vec![],
-            traffic: None,
-        };
-        let candidate = DeploymentDesired {
-            revision: cand_rev.clone(),
-            version: self.st.candidate_version.clone(),
-            replicas: n,
-            from_spec: self.builds_from_spec(),
-        };
-        // Re-releasing the stable revision itself (a revert to it) where it runs.
-        let runs_here = |s: &&StableVersion| s.namespaces.is_empty() || s.namespaces.contains(&v.namespace);
-        let same = in_cand && self.st.stable.as_ref().filter(runs_here).is_some_and(|s| &s.revision == cand_rev);
+        let (mut out, candidate, same) = self.part_start(v, part, in_cand);
         if same {
             out.deployments.push(candidate);
             return out;
@@ -239,23 +226,13 @@ impl Tick<'_> {
             let replicas = if self.waits_for_others(v, part) { 0 } else { n };
             if let Some(s) = &stable {
                 let keep = if replicas > 0 && cand_ready >= n { 0 } else { n };
-                out.deployments.push(DeploymentDesired {
-                    revision: s.revision.clone(),
-                    version: s.version.clone(),
-                    replicas: keep,
-                    from_spec: false,
-                });
+                out.deployments.push(stable_deployment(s, keep));
             }
             out.deployments.push(DeploymentDesired { replicas, ..candidate });
             return out;
         }
         if let Some(s) = &stable {
-            out.deployments.push(DeploymentDesired {
-                revision: s.revision.clone(),
-                version: s.version.clone(),
-                replicas: n,
-                from_spec: false,
-            });
+            out.deployments.push(stable_deployment(s, n));
         }
         if reached {
             // Undoing: the new version goes once the old one is Ready again (or cannot come
@@ -267,11 +244,15 @@ impl Tick<'_> {
                 self.obs.deployments.get(&(v.namespace.clone(), dep)).is_none_or(|d| d.ready >= n)
             });
             let ended = self.st.phase != Phase::RollingBack;
-            let dep = names::deployment(&part.base(self.r.name), cand_rev);
-            let has = self.obs.deployments.get(&(v.namespace.clone(), dep)).map_or(0, |d| d.replicas).min(n);
+            let has = self.candidate_replicas_seen(v, part).min(n);
             let replicas = if stable_back || ended { self.undo_in_order(v, part, n) } else { has };
             out.deployments.push(DeploymentDesired { replicas, ..candidate });
         }
         out
     }
+}
+
+/// The stable version's Deployment of a part: only its size is managed.
+fn stable_deployment(s: &StableVersion, replicas: i32) -> DeploymentDesired {
+    DeploymentDesired { revision: s.revision.clone(), version: s.version.clone(), replicas, from_spec: false }
 }
