@@ -2,6 +2,7 @@
 
 pub mod act;
 pub mod build;
+pub mod cache;
 pub mod cleanup;
 pub mod events;
 pub mod observe;
@@ -14,9 +15,10 @@ use crate::{
     telemetry::Metrics,
     traffic::{Router, MANAGER},
 };
+use cache::{CachedRelease, SlimDeployment};
 use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::{apps::v1::Deployment, batch::v1::Job};
+use k8s_openapi::api::batch::v1::Job;
 use kube::{
     api::{Api, Patch, PatchParams},
     runtime::{
@@ -36,7 +38,7 @@ pub const FINALIZER: &str = "locall.io/cleanup";
 /// What a reconcile needs: the client, the watch caches, the event recorder, the metrics.
 pub struct Context {
     pub client: Client,
-    pub deployments: Store<Deployment>,
+    pub deployments: Store<SlimDeployment>,
     pub jobs: Store<Job>,
     /// The Deployments' and Jobs' keys by release, kept beside their caches.
     pub deployment_index: observe::ByRelease,
@@ -105,6 +107,10 @@ pub enum Error {
     /// contained to this one release (the others go on being reconciled).
     #[error("engine: {0}")]
     Engine(String),
+    /// The release's spec or status does not parse as this operator's types (e.g. written
+    /// under another version of the CRD): this release waits, the others go on.
+    #[error(transparent)]
+    Unreadable(#[from] cache::Unreadable),
 }
 
 /// The release's field behind a child's field the API server refused, where there is one.
@@ -203,14 +209,14 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let selector = watcher::Config::default().labels(&format!("{}={}", crate::api::labels::MANAGED_BY, crate::api::labels::MANAGER));
-    let (deployments, dep_writer) = reflector::store::<Deployment>();
+    let (deployments, dep_writer) = reflector::store::<SlimDeployment>();
     let (jobs, job_writer) = reflector::store::<Job>();
     let sc = config.policy.scope.clone();
     let applied = watch_applied(&client, &selector, &sc);
     let namespaces = watch_namespaces(&client, &sc).await;
     // The caches keep only what observe and act read: no managedFields, no pod templates.
     let c = client.clone();
-    let deps = sc.apis(|| Api::<Deployment>::all(c.clone()), |ns| Api::namespaced(c.clone(), ns));
+    let deps = sc.apis(|| Api::<SlimDeployment>::all(c.clone()), |ns| Api::namespaced(c.clone(), ns));
     let (deployment_index, job_index) = (observe::ByRelease::default(), observe::ByRelease::default());
     let index = deployment_index.clone();
     let dep_stream = scope::watch(deps, selector.clone(), WatchBackoff::default)
@@ -252,12 +258,13 @@ pub async fn run(
         policy: config.policy.clone(),
         namespaces,
     });
-    let releases = sc.apis(|| Api::<LocallRelease>::all(c.clone()), |ns| Api::namespaced(c.clone(), ns));
+    let releases = sc.apis(|| Api::<CachedRelease>::all(c.clone()), |ns| Api::namespaced(c.clone(), ns));
     let mut wc = watcher::Config::default().any_semantic();
     if let Some(sel) = config.release_selector.as_deref().filter(|s| !s.is_empty()) {
         wc = wc.labels(sel);
     }
-    let (release_store, release_writer) = reflector::store::<LocallRelease>();
+    // The cache holds each release's spec and status as compact JSON (see `cache`).
+    let (release_store, release_writer) = reflector::store::<CachedRelease>();
     // Our own status writes come back as watch events: they change nothing a reconcile reads
     // that it did not just write, so only spec, metadata and deletion trigger a reconcile.
     let release_stream = scope::watch(releases, wc, WatchBackoff::default)
@@ -380,7 +387,7 @@ fn watch_applied(client: &Client, selector: &watcher::Config, sc: &scope::Scope)
 
 /// What makes a release worth reconciling again: its spec (generation), labels, annotations
 /// (approvals, requests), finalizers and deletion. Not its status.
-fn release_trigger(lr: &LocallRelease) -> Option<u64> {
+fn release_trigger(lr: &CachedRelease) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     lr.metadata.generation.hash(&mut h);
@@ -391,12 +398,12 @@ fn release_trigger(lr: &LocallRelease) -> Option<u64> {
     Some(h.finish())
 }
 
-/// Keeps of a Deployment what observe and act read: name, namespace, uid, generation, the
-/// release, revision and component labels, the applied hash, `spec.replicas` and three status counters.
-/// A thousand Deployments' selectors, conditions and other labels are not kept.
-fn slim_deployment(d: &mut Deployment) {
+/// Keeps of a Deployment's metadata what observe and act read: name, namespace, uid,
+/// generation, the release, revision and component labels and the applied hash (its spec and
+/// status are already only `replicas` and three counters: [`SlimDeployment`]). A thousand
+/// Deployments' other labels and annotations are not kept.
+fn slim_deployment(d: &mut SlimDeployment) {
     use crate::api::labels::{COMPONENT, RELEASE, REVISION};
-    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
     let m = std::mem::take(&mut d.metadata);
     let keep = |map: Option<std::collections::BTreeMap<String, String>>, keys: &[&str]| {
         map.map(|m| m.into_iter().filter(|(k, _)| keys.contains(&k.as_str())).collect())
@@ -411,27 +418,19 @@ fn slim_deployment(d: &mut Deployment) {
         annotations: keep(m.annotations, &[build::APPLIED_HASH]),
         ..Default::default()
     };
-    d.spec = d.spec.take().map(|s| DeploymentSpec { replicas: s.replicas, ..Default::default() });
-    d.status = d.status.take().map(|s| DeploymentStatus {
-        observed_generation: s.observed_generation,
-        ready_replicas: s.ready_replicas,
-        updated_replicas: s.updated_replicas,
-        ..Default::default()
-    });
 }
 
 /// What of a (slimmed) Deployment makes its release worth reconciling again: what observe and
 /// act read, not the status counters and conditions they do not.
-fn deployment_trigger(d: &Deployment) -> Option<u64> {
+fn deployment_trigger(d: &SlimDeployment) -> Option<u64> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     d.metadata.uid.hash(&mut h);
     d.metadata.generation.hash(&mut h);
     d.metadata.labels.hash(&mut h);
     d.metadata.annotations.hash(&mut h);
-    d.spec.as_ref().and_then(|s| s.replicas).hash(&mut h);
-    let s = d.status.clone().unwrap_or_default();
-    (s.observed_generation, s.ready_replicas, s.updated_replicas).hash(&mut h);
+    d.spec.hash(&mut h);
+    d.status.hash(&mut h);
     Some(h.finish())
 }
 
@@ -443,13 +442,18 @@ fn slim_job(j: &mut Job) {
 }
 
 /// Maps a labelled child (in any namespace) back to its release.
-fn owner_of<K: Resource>(child: K) -> Option<ObjectRef<LocallRelease>> {
+fn owner_of<K: Resource>(child: K) -> Option<ObjectRef<CachedRelease>> {
     let v = child.meta().labels.as_ref()?.get(crate::api::labels::RELEASE)?;
     let (ns, name) = v.split_once('.')?;
     Some(ObjectRef::new(name).within(ns))
 }
 
-fn error_policy(lr: Arc<LocallRelease>, err: &Error, ctx: Arc<Context>) -> Action {
+/// The key of a release in the operator's own per-release memories (retries, fresh reads).
+fn key_of<K: Resource>(lr: &K) -> ObjectRef<LocallRelease> {
+    ObjectRef::new(lr.meta().name.as_deref().unwrap_or_default()).within(lr.meta().namespace.as_deref().unwrap_or_default())
+}
+
+fn error_policy(lr: Arc<CachedRelease>, err: &Error, ctx: Arc<Context>) -> Action {
     if matches!(err, Error::Engine(_)) {
         return Action::requeue(Duration::from_secs(60));
     }
@@ -457,7 +461,7 @@ fn error_policy(lr: Arc<LocallRelease>, err: &Error, ctx: Arc<Context>) -> Actio
         // Usually our own previous write, not yet seen by the watch: it arrives within ms.
         return Action::requeue(Duration::from_millis(50));
     }
-    let n = ctx.failures.lock().unwrap().get(&ObjectRef::from_obj(&*lr)).copied().unwrap_or(1);
+    let n = ctx.failures.lock().unwrap().get(&key_of(&*lr)).copied().unwrap_or(1);
     Action::requeue(retry_after(n))
 }
 
@@ -467,17 +471,30 @@ pub fn retry_after(n: u32) -> Duration {
     Duration::from_secs(5).saturating_mul(1 << n.saturating_sub(1).min(6)).min(Duration::from_secs(300))
 }
 
-#[instrument(skip_all, fields(release = %format!("{}/{}", lr.namespace().unwrap_or_default(), lr.name_any())))]
-async fn reconcile(lr: Arc<LocallRelease>, ctx: Arc<Context>) -> Result<Action, Error> {
+#[instrument(skip_all, fields(release = %format!("{}/{}", cached.namespace().unwrap_or_default(), cached.name_any())))]
+async fn reconcile(cached: Arc<CachedRelease>, ctx: Arc<Context>) -> Result<Action, Error> {
     // The controller waits for the release cache only: the first reconciles after a start would
     // see empty child caches and apply every Deployment again (10 writes for 12 settled releases
     // in tests/restart.rs). Instant once both have listed.
     let _ = ctx.children_listed.clone().wait_for(|listed| *listed).await;
     let started = std::time::Instant::now();
+    let key = key_of(&*cached);
+    let lr = match cached.release() {
+        Ok(lr) => Arc::new(lr),
+        Err(e) => {
+            // Only this release waits (with backoff) for a spec the operator can read.
+            let message = e.to_string();
+            let note = events::Note { warning: true, reason: "Unreadable".into(), message: message.clone() };
+            let _ = ctx.recorder.publish(&note, &cached.object_ref(&())).await;
+            warn!(error = %message, "release cannot be read");
+            *ctx.failures.lock().unwrap().entry(key).or_default() += 1;
+            ctx.metrics.reconcile_done(started.elapsed(), "error");
+            return Err(Error::Unreadable(e));
+        }
+    };
     let api: Api<LocallRelease> = Api::namespaced(ctx.client.clone(), &lr.namespace().unwrap_or_default());
     // After a conflict, the watch cache may be what is behind (a watch that hangs after an API
     // server restart stays stale for minutes): the retry reads the release from the API server.
-    let key = ObjectRef::from_obj(&*lr);
     let stale = ctx.fresh_read.lock().unwrap().remove(&key);
     let lr = if stale {
         match api.get_opt(&key.name).await {
@@ -776,7 +793,7 @@ mod tests {
     #[test]
     fn the_slim_deployment_cache_keeps_revision_and_component() {
         use crate::api::labels::{COMPONENT, NAME, RELEASE, REVISION};
-        let mut d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(serde_json::json!({
+        let mut d: super::SlimDeployment = serde_json::from_value(serde_json::json!({
             "metadata": {"name": "p-api-1a2b3c4d", "namespace": "prod", "labels": {
                 NAME: "p", RELEASE: "prod.p", REVISION: "1a2b3c4d", COMPONENT: "api", "team": "calls"}},
             "spec": {"replicas": 2, "selector": {"matchLabels": {"a": "b"}}, "template": {}},

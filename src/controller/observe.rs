@@ -1,11 +1,12 @@
 //! Observe: what the cluster holds of a release's children, read from the watch caches,
 //! turned into the engine's snapshot.
 
+use super::cache::SlimDeployment as Deployment;
 use crate::{
     api::{labels, Approval, LocallRelease},
     engine::{names, DeploymentObs, JobObs},
 };
-use k8s_openapi::api::{apps::v1::Deployment, batch::v1::Job};
+use k8s_openapi::api::batch::v1::Job;
 use kube::{
     runtime::{
         reflector::{ObjectRef, Store},
