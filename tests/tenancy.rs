@@ -116,16 +116,24 @@ async fn a_prometheus_the_operator_does_not_allow_is_refused_naming_the_field_an
     shared_operator();
     let client = client().await;
     install_crd().await;
-    let ns = namespace(&client, "tenant-prom").await;
-    let (ok, _, err) = kubectl(&["-n", &ns, "create", "secret", "generic", "locall-db", "--from-literal=url=postgres://db"]);
-    assert!(ok, "{err}");
-    let api: Api<LocallRelease> = Api::namespaced(client.clone(), &ns);
-    let analysis = "\n  analysis:\n    prometheus: http://169.254.169.254:80/latest/meta-data\n    metrics: [{name: e, query: 'vector(0)', success: {op: \"<\", value: 1}}]";
-    apply_yaml(&client, &ns, &release(&ns, &ns, "", analysis)).await;
-    let message = failed(&api).await;
-    assert!(message.contains("spec.analysis.prometheus") && message.contains("not among the Prometheus URLs"), "{message}");
-    assert!(!message.contains("/latest/meta-data"), "only scheme and host are printed: {message}");
-    nothing_of_ours_in(&client, &ns).await;
+    // The metadata address itself, and the same behind the operator's own Prometheus URL as
+    // userinfo: as text that one starts with an allowed URL, but it calls 169.254.169.254.
+    let bypass = format!("{}@169.254.169.254:80/latest/meta-data", cluster().prometheus_url);
+    for url in ["http://169.254.169.254:80/latest/meta-data", bypass.as_str()] {
+        let ns = namespace(&client, "tenant-prom").await;
+        let (ok, _, err) = kubectl(&["-n", &ns, "create", "secret", "generic", "locall-db", "--from-literal=url=postgres://db"]);
+        assert!(ok, "{err}");
+        let api: Api<LocallRelease> = Api::namespaced(client.clone(), &ns);
+        let analysis = format!(
+            "\n  analysis:\n    prometheus: {url}\n    metrics: [{{name: e, query: 'vector(0)', success: {{op: \"<\", value: 1}}}}]"
+        );
+        apply_yaml(&client, &ns, &release(&ns, &ns, "", &analysis)).await;
+        let message = failed(&api).await;
+        assert!(message.contains("spec.analysis.prometheus") && message.contains("not among the Prometheus URLs"), "{url}: {message}");
+        assert!(!message.contains("/latest/meta-data"), "only scheme and host are printed: {message}");
+        assert!(!message.contains('@'), "no userinfo is printed: {message}");
+        nothing_of_ours_in(&client, &ns).await;
+    }
 }
 
 #[tokio::test]

@@ -35,8 +35,9 @@ struct Args {
     /// it is given up with a Warning Event, e.g. `6h`.
     #[arg(long, env = "LOCALL_NOTIFY_RETRY_FOR", default_value = "6h")]
     notify_retry_for: locall_operator::api::Dur,
-    /// URL prefixes a release may name as its own Prometheus (`spec.analysis.prometheus`),
-    /// comma-separated; the operator's own --prometheus-url is always allowed. Anything else is
+    /// URLs a release may name as its own Prometheus (`spec.analysis.prometheus`), each with the
+    /// paths below it (same scheme, host and port; no user or password), comma-separated; the
+    /// operator's own --prometheus-url is always allowed. Anything else is
     /// refused by preflight naming the field, and never called.
     #[arg(long, env = "LOCALL_ALLOWED_PROVIDER_URLS", value_delimiter = ',')]
     allowed_provider_urls: Vec<String>,

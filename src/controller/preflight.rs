@@ -28,17 +28,39 @@ pub const SERVICE_ACCOUNTS: &str = "locall.io/service-accounts";
 /// What the operator's installer allows (flags and chart values).
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
-    /// URL prefixes a release may name as its own Prometheus (`spec.analysis.prometheus`).
+    /// The URLs a release may name as its own Prometheus (`spec.analysis.prometheus`), each
+    /// with the paths under it (see [`Policy::allows_provider`]).
     pub provider_urls: Vec<String>,
     /// The namespaces the operator serves (`--watch-namespaces`; all when empty).
     pub scope: super::scope::Scope,
 }
 
 impl Policy {
-    /// Whether a release may have the operator call `url`.
+    /// Whether a release may have the operator call `url`: one of the allowed URLs has the same
+    /// scheme, host and port (a default port written or not), and `url`'s path is its path or
+    /// below it, on a `/` boundary. Both are parsed, never compared as text: as text,
+    /// `http://prom:9090@169.254.169.254/` starts with `http://prom:9090` but calls
+    /// 169.254.169.254, and `http://prom.evil.com` starts with `http://prom`. A URL carrying a
+    /// user or password is refused outright.
     pub fn allows_provider(&self, url: &str) -> bool {
-        self.provider_urls.iter().any(|p| !p.is_empty() && url.starts_with(p.as_str()))
+        let Some(url) = provider_url(url) else { return false };
+        self.provider_urls.iter().filter_map(|p| provider_url(p)).any(|p| {
+            (p.scheme(), p.host(), p.port_or_known_default()) == (url.scheme(), url.host(), url.port_or_known_default())
+                && under(url.path(), p.path())
+        })
     }
+}
+
+/// A provider URL as the operator would call it: parsed, with a host and no user or password.
+fn provider_url(text: &str) -> Option<reqwest::Url> {
+    let u = reqwest::Url::parse(text).ok()?;
+    (u.host().is_some() && u.username().is_empty() && u.password().is_none()).then_some(u)
+}
+
+/// Whether `path` is `base` or below it: `/prom` holds `/prom` and `/prom/x`, not `/prometheus`.
+fn under(path: &str, base: &str) -> bool {
+    let base = base.trim_end_matches('/');
+    path.strip_prefix(base).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// Whether a namespace's annotations accept releases from `from` (pure).
@@ -239,9 +261,84 @@ mod tests {
         assert!(accepts(Some(&a(&[(ACCEPT, "*")])), "anyone"));
         assert!(!lends(Some(&a(&[(ACCEPT, "*")])), "deployer"), "accepting releases lends no account");
         assert!(lends(Some(&a(&[(SERVICE_ACCOUNTS, "app,deployer")])), "deployer"));
-        let p = Policy { provider_urls: vec!["http://prometheus.monitoring:9090".into()], ..Default::default() };
+    }
+
+    fn allowing(urls: &[&str]) -> Policy {
+        Policy { provider_urls: urls.iter().map(|u| u.to_string()).collect(), ..Default::default() }
+    }
+
+    #[test]
+    fn a_provider_url_is_allowed_only_on_the_same_scheme_host_and_port() {
+        let p = allowing(&["http://prometheus.monitoring:9090"]);
+        assert!(p.allows_provider("http://prometheus.monitoring:9090"));
         assert!(p.allows_provider("http://prometheus.monitoring:9090/api"));
         assert!(!p.allows_provider("http://169.254.169.254/latest"));
+        assert!(!p.allows_provider("https://prometheus.monitoring:9090"), "another scheme");
+        assert!(!p.allows_provider("http://prometheus.monitoring:9091"), "another port");
+        assert!(!p.allows_provider("http://prometheus.monitoring/"), "port 80 is not 9090");
+        assert!(!p.allows_provider("not a url"));
         assert!(!Policy::default().allows_provider("http://anything"), "nothing allowed unless said");
+        assert!(!allowing(&["", "not a url"]).allows_provider("http://anything"), "an unparsable entry allows nothing");
+    }
+
+    #[test]
+    fn userinfo_does_not_smuggle_another_host_past_the_allow_list() {
+        // As text this starts with the allowed URL, but it calls 169.254.169.254 as user
+        // "prometheus.monitoring" with password "9090".
+        let p = allowing(&["http://prometheus.monitoring:9090"]);
+        assert!(!p.allows_provider("http://prometheus.monitoring:9090@169.254.169.254/"));
+        assert!(!p.allows_provider("http://prometheus.monitoring:9090@169.254.169.254:80/latest/meta-data"));
+        // Nor is any user or password sent to an allowed host.
+        assert!(!p.allows_provider("http://alice@prometheus.monitoring:9090/"));
+        assert!(!p.allows_provider("http://alice:secret@prometheus.monitoring:9090/"));
+        assert!(!p.allows_provider("http://:secret@prometheus.monitoring:9090/"));
+        // An allowed entry with a user in it allows nothing.
+        assert!(!allowing(&["http://alice@prometheus.monitoring:9090"]).allows_provider("http://prometheus.monitoring:9090/"));
+    }
+
+    #[test]
+    fn a_longer_host_is_another_host() {
+        let p = allowing(&["http://prometheus"]);
+        assert!(p.allows_provider("http://prometheus/api"));
+        assert!(!p.allows_provider("http://prometheus.evil.com"));
+        assert!(!p.allows_provider("http://prometheus.evil.com/"));
+        assert!(!p.allows_provider("http://prometheus-evil/"));
+    }
+
+    #[test]
+    fn a_default_port_is_the_same_written_or_not() {
+        assert!(allowing(&["http://prometheus"]).allows_provider("http://prometheus:80/api"));
+        assert!(allowing(&["http://prometheus:80"]).allows_provider("http://prometheus/api"));
+        assert!(allowing(&["https://prometheus"]).allows_provider("https://prometheus:443/"));
+        assert!(allowing(&["https://prometheus:443/"]).allows_provider("https://prometheus"));
+        assert!(!allowing(&["https://prometheus"]).allows_provider("https://prometheus:80/"));
+        assert!(!allowing(&["http://prometheus"]).allows_provider("http://prometheus:443/"));
+    }
+
+    #[test]
+    fn a_path_allows_itself_and_below_it_on_a_segment_boundary() {
+        let p = allowing(&["http://gateway/prom"]);
+        assert!(p.allows_provider("http://gateway/prom"));
+        assert!(p.allows_provider("http://gateway/prom/"));
+        assert!(p.allows_provider("http://gateway/prom/x"));
+        assert!(!p.allows_provider("http://gateway/prometheus"), "not a segment boundary");
+        assert!(!p.allows_provider("http://gateway/"));
+        assert!(!p.allows_provider("http://gateway/other/prom"));
+        // Dot segments are resolved before the comparison, as the client would send them.
+        assert!(!p.allows_provider("http://gateway/prom/../admin"));
+        assert!(!p.allows_provider("http://gateway/prom/%2e%2e/admin"));
+        // A trailing slash in the allowed entry changes nothing.
+        assert!(allowing(&["http://gateway/prom/"]).allows_provider("http://gateway/prom"));
+        assert!(!allowing(&["http://gateway/prom/"]).allows_provider("http://gateway/prometheus"));
+        // The root allows every path on that host.
+        assert!(allowing(&["http://gateway/"]).allows_provider("http://gateway/any/where"));
+    }
+
+    #[test]
+    fn host_and_scheme_compare_without_case() {
+        let p = allowing(&["http://Prometheus.Monitoring:9090"]);
+        assert!(p.allows_provider("HTTP://PROMETHEUS.monitoring:9090/api"));
+        assert!(allowing(&["http://prometheus.monitoring:9090"]).allows_provider("http://PROMETHEUS.MONITORING:9090"));
+        assert!(!p.allows_provider("http://PROMETHEUS.MONITORING.evil.com:9090"));
     }
 }
