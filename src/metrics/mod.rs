@@ -14,11 +14,10 @@ pub async fn measure(url: &str, requests: &[Request]) -> BTreeMap<String, Measur
     let client = match prometheus_http_query::Client::try_from(url) {
         Ok(c) => c,
         Err(e) => {
+            // Scheme and host only: the URL may carry a credential.
+            let why = format!("bad Prometheus URL {}: {e}", crate::notify::redact(url));
             for r in requests {
-                out.insert(
-                    r.metric.clone(),
-                    Measurement { value: None, sample: None, error: Some(format!("bad Prometheus URL {url}: {e}")) },
-                );
+                out.insert(r.metric.clone(), Measurement { value: None, sample: None, error: Some(why.clone()) });
             }
             return out;
         }
@@ -58,4 +57,27 @@ async fn scalar(client: &prometheus_http_query::Client, query: &str) -> Result<O
         return Ok(Some(s.value()));
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn due() -> Vec<Request> {
+        vec![Request { metric: "errors".into(), query: "vector(0)".into(), sample_query: None }]
+    }
+
+    /// A measurement error goes into status and the log: the URL in it is scheme and host only.
+    #[tokio::test]
+    async fn a_measurement_error_names_no_credential_of_the_url() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        for url in ["http://admin:FAKESECRET@/", "http://admin:FAKESECRET@prometheus:port/"] {
+            let error = measure(url, &due()).await["errors"].error.clone().unwrap();
+            assert!(error.starts_with("bad Prometheus URL "), "{error}");
+            assert!(!error.contains("FAKESECRET") && !error.contains("admin"), "{error}");
+        }
+        // Parsed, but nobody listens: the client's error carries no URL either.
+        let error = measure("http://admin:FAKESECRET@127.0.0.1:1/prom?token=FAKESECRET", &due()).await["errors"].error.clone().unwrap();
+        assert!(!error.contains("FAKESECRET") && !error.contains("admin"), "{error}");
+    }
 }
