@@ -615,21 +615,30 @@ spec:
     let lr: LocallRelease = Api::namespaced(client.clone(), &ns).get("locall-api").await.unwrap();
     let a = lr.metadata.annotations.clone().unwrap_or_default();
     assert_eq!(a.get("locall.io/requested-by").map(String::as_str), Some("carol"), "the API server writes who really changed it");
-    // The plugin records the caller's identity, as the API server knows it (the admin here).
-    let out = Command::new(env!("CARGO_BIN_EXE_kubectl-locall"))
-        .arg("--kubeconfig")
-        .arg(&cluster().kubeconfig)
-        .args(["-n", &ns, "approve", "locall-api", "--stage", "staging"])
-        .env_remove("KUBECONFIG")
-        .env("USER", "somebody-else")
-        .output()
-        .expect("run kubectl-locall");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("by admin"), "{stdout}");
+    // The plugin records the caller's identity, as the API server knows it (the admin here), for
+    // approvals and requests alike, whatever $USER says.
+    let plugin = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_kubectl-locall"))
+            .arg("--kubeconfig")
+            .arg(&cluster().kubeconfig)
+            .args(["-n", &ns])
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .env("USER", "somebody-else")
+            .output()
+            .expect("run kubectl-locall");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{args:?}: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("by admin"), "{stdout}");
+    };
+    plugin(&["approve", "locall-api", "--stage", "staging"]);
     let lr: LocallRelease = Api::namespaced(client.clone(), &ns).get("locall-api").await.unwrap();
     let value = &lr.metadata.annotations.unwrap()["locall.io/approve"];
     assert_eq!(value, r#"{"by":"admin","stage":"staging","version":"1.2.0"}"#);
+    plugin(&["rollback", "locall-api"]);
+    let lr: LocallRelease = Api::namespaced(client.clone(), &ns).get("locall-api").await.unwrap();
+    let value: Value = serde_json::from_str(&lr.metadata.annotations.unwrap()["locall.io/request"]).unwrap();
+    assert_eq!((value["action"].as_str(), value["by"].as_str()), (Some("rollback"), Some("admin")), "{value}");
     // The policies are this test's: removed with it.
     for o in &policy {
         let kind = o["kind"].as_str().unwrap().to_lowercase();

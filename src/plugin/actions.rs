@@ -96,9 +96,16 @@ pub fn approve_stage(lr: &LocallRelease, asked: Option<&str>) -> Result<String, 
     Err(format!("locallrelease {key} is not awaiting approval (phase {}); name the stage with --stage", st.phase))
 }
 
-/// Who acts: `$USER`, else the kubeconfig user, else `kubectl-locall`.
-pub fn default_by(user_env: Option<String>, kubeconfig_user: Option<String>) -> String {
-    user_env.filter(|u| !u.trim().is_empty()).or(kubeconfig_user.filter(|u| !u.is_empty())).unwrap_or_else(|| "kubectl-locall".into())
+/// Who signs an approval or a request: `--by` when given (the chart's approval policy refuses
+/// anyone but the caller), else the caller as the API server authenticates them
+/// (SelfSubjectReview), which is what the policy requires; only when the API server cannot say,
+/// `$USER`, else the kubeconfig user, else `kubectl-locall`.
+pub fn signer(asked: Option<String>, authenticated: Option<String>, user_env: Option<String>, kubeconfig_user: Option<String>) -> String {
+    [asked, authenticated, user_env, kubeconfig_user]
+        .into_iter()
+        .flatten()
+        .find(|u| !u.trim().is_empty())
+        .unwrap_or_else(|| "kubectl-locall".into())
 }
 
 #[cfg(test)]
@@ -168,9 +175,18 @@ status: {{phase: {phase}, stage: production, stageIndex: 1{extra}}}
     }
 
     #[test]
-    fn who() {
-        assert_eq!(default_by(Some("alice".into()), Some("admin".into())), "alice");
-        assert_eq!(default_by(Some(" ".into()), Some("admin".into())), "admin");
-        assert_eq!(default_by(None, None), "kubectl-locall");
+    fn the_signer_is_the_caller_as_the_api_server_knows_them() {
+        let s = |asked: Option<&str>, authenticated: Option<&str>, user: Option<&str>, kubeconfig: Option<&str>| {
+            signer(asked.map(Into::into), authenticated.map(Into::into), user.map(Into::into), kubeconfig.map(Into::into))
+        };
+        // $USER is whatever the caller's shell says; the API server's name wins over it.
+        assert_eq!(s(None, Some("alice@locall.io"), Some("root"), Some("admin")), "alice@locall.io");
+        // --by is sent as asked, even someone else (the policy refuses it, naming the caller).
+        assert_eq!(s(Some("bob"), Some("alice@locall.io"), Some("root"), None), "bob");
+        assert_eq!(s(Some(" "), Some("alice@locall.io"), None, None), "alice@locall.io");
+        // The API server cannot say (no SelfSubjectReview): as before, $USER, the kubeconfig user.
+        assert_eq!(s(None, None, Some("alice"), Some("admin")), "alice");
+        assert_eq!(s(None, Some(""), Some(" "), Some("admin")), "admin");
+        assert_eq!(s(None, None, None, None), "kubectl-locall");
     }
 }

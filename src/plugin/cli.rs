@@ -69,36 +69,42 @@ pub enum Command {
         name: String,
         #[arg(long)]
         full: bool,
+        /// Who asks (default: the caller, as the API server authenticates them).
         #[arg(long)]
         by: Option<String>,
     },
     /// Stop the release and roll back to the stable version.
     Abort {
         name: String,
+        /// Who asks (default: the caller, as the API server authenticates them).
         #[arg(long)]
         by: Option<String>,
     },
     /// Retry a Failed or RolledBack release.
     Retry {
         name: String,
+        /// Who asks (default: the caller, as the API server authenticates them).
         #[arg(long)]
         by: Option<String>,
     },
     /// Pause the release where it is.
     Pause {
         name: String,
+        /// Who asks (default: the caller, as the API server authenticates them).
         #[arg(long)]
         by: Option<String>,
     },
     /// Resume a paused release.
     Resume {
         name: String,
+        /// Who asks (default: the caller, as the API server authenticates them).
         #[arg(long)]
         by: Option<String>,
     },
     /// Roll back now: traffic to the stable version, the database restored if the schema changed.
     Rollback {
         name: String,
+        /// Who asks (default: the caller, as the API server authenticates them).
         #[arg(long)]
         by: Option<String>,
     },
@@ -188,8 +194,12 @@ async fn whoami(client: &kube::Client) -> Option<String> {
     review.status?.user_info?.username.filter(|u| !u.is_empty())
 }
 
-fn who(by: Option<String>, t: &Target) -> String {
-    by.filter(|b| !b.trim().is_empty()).unwrap_or_else(|| actions::default_by(std::env::var("USER").ok(), t.user.clone()))
+/// Who signs an approval or a request (see [`actions::signer`]); asks the API server only when
+/// `--by` is not given.
+async fn who(by: Option<String>, t: &Target) -> String {
+    let asked = by.filter(|b| !b.trim().is_empty());
+    let authenticated = if asked.is_none() { whoami(&t.client).await } else { None };
+    actions::signer(asked, authenticated, std::env::var("USER").ok(), t.user.clone())
 }
 
 /// `plan`: every LocallRelease in the file, one timeline each. Exit 0 when all end Succeeded
@@ -270,10 +280,7 @@ async fn run(cli: Cli) -> Result<i32, Exit> {
         Command::Approve { ref name, ref stage, ref by } => {
             let lr = fetch(&api, &ns, name).await?;
             let stage = actions::approve_stage(&lr, stage.as_deref()).map_err(|e| anyhow!(e))?;
-            let by = match by.clone().filter(|b| !b.trim().is_empty()) {
-                Some(b) => b,
-                None => whoami(&t.client).await.unwrap_or_else(|| who(None, &t)),
-            };
+            let by = who(by.clone(), &t).await;
             let patch = actions::approve_patch(&stage, &lr.spec.version, &by);
             api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
@@ -295,7 +302,7 @@ async fn run(cli: Cli) -> Result<i32, Exit> {
 
 async fn request(api: &Api<LocallRelease>, t: &Target, ns: &str, name: &str, action: Action, by: Option<String>) -> Result<i32, Exit> {
     let lr = fetch(api, ns, name).await?;
-    let by = who(by, t);
+    let by = who(by, t).await;
     let id = actions::request_id(chrono::Utc::now().timestamp_millis(), rand::random::<u32>());
     let patch = actions::request_patch(action, &id, &by);
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
