@@ -100,10 +100,25 @@ async fn a_release_acts_only_in_namespaces_that_accept_it_and_only_as_accounts_t
     .await;
     nothing_of_ours_in(&client, &theirs).await;
 
-    // 4. With the account in both namespaces, the same release goes through.
+    // 4. The release's own namespace lists the accounts its releases may use, not this one:
+    // Failed naming the field, though the account now exists there.
     let (ok, _, err) = kubectl(&["-n", &ns, "create", "serviceaccount", "deployer"]);
     assert!(ok, "{err}");
+    let (ok, _, err) = kubectl(&["annotate", "namespace", &ns, "locall.io/service-accounts=app"]);
+    assert!(ok, "{err}");
     request(&ns, "retry", "r3", "dev@locall.io");
+    let own = format!("spec.template.spec.serviceAccountName: Namespace {ns} lets releases run only as the ServiceAccounts");
+    wait_for(Duration::from_secs(30), "the retry to fail on the account its own namespace does not list", || async {
+        let st = api.get_opt("locall-api").await.ok()??.status?;
+        (st.phase == Phase::Failed && st.message.contains(&own)).then_some(())
+    })
+    .await;
+    nothing_of_ours_in(&client, &theirs).await;
+
+    // 5. With the account in both namespaces, listed by both, the same release goes through.
+    let (ok, _, err) = kubectl(&["annotate", "--overwrite", "namespace", &ns, "locall.io/service-accounts=app,deployer"]);
+    assert!(ok, "{err}");
+    request(&ns, "retry", "r4", "dev@locall.io");
     wait_for(Duration::from_secs(120), "1.0.0 Succeeded", || async {
         let st = api.get_opt("locall-api").await.ok()??.status?;
         (st.phase == Phase::Succeeded).then_some(())

@@ -10,7 +10,8 @@
 //! Jobs, which run under the same account) may name a ServiceAccount other than `default` only
 //! when that namespace lists it (annotation [`SERVICE_ACCOUNTS`]): accepting someone's releases
 //! is not lending them your accounts. In its own namespace a release may name any account there,
-//! as its owner could in a pod of their own.
+//! as its owner could in a pod of their own, unless that namespace carries the same annotation:
+//! then only the accounts it lists (for teams whose members may edit releases but not run pods).
 
 use crate::api::{CheckResult, LocallRelease};
 use chrono::{DateTime, Utc};
@@ -132,6 +133,22 @@ pub async fn run(client: &Client, lr: &LocallRelease, now: DateTime<Utc>, policy
                     passed: false,
                     message: format!(
                         "{field}: Namespace {ns} does not let releases from other namespaces run as ServiceAccount {sa} (its annotation {SERVICE_ACCOUNTS} must list it)"
+                    ),
+                });
+            }
+        }
+    }
+    // The release's own namespace restricts its accounts too when it lists them.
+    if !accounts.is_empty() {
+        let own = all.get_opt(&release_ns).await?;
+        let annotations = own.as_ref().and_then(|n| n.metadata.annotations.as_ref());
+        if annotations.is_some_and(|a| a.contains_key(SERVICE_ACCOUNTS)) {
+            for (field, sa) in accounts.iter().filter(|(_, sa)| !lends(annotations, sa)) {
+                out.push(CheckResult {
+                    name: format!("ServiceAccount {release_ns}/{sa}"),
+                    passed: false,
+                    message: format!(
+                        "{field}: Namespace {release_ns} lets releases run only as the ServiceAccounts its annotation {SERVICE_ACCOUNTS} lists, not {sa}"
                     ),
                 });
             }
