@@ -160,7 +160,9 @@ async fn mutating_requests(addr: &str) -> f64 {
         .iter()
         .filter_map(|verb| body.lines().find_map(|l| l.strip_prefix(&format!("locall_api_requests_total{{verb=\"{verb}\"}} "))))
         .filter_map(|v| v.trim().parse::<f64>().ok())
-        .sum()
+        // An empty sum of f64 is -0.0, printed "-0": none of these requests made yet is 0.
+        .sum::<f64>()
+        + 0.0
 }
 
 /// How many of the benchmark's objects are in their final state.
