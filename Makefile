@@ -46,12 +46,14 @@ test: crds-check build image cluster
 	$(CARGO) test --quiet --manifest-path tools/image/Cargo.toml
 	$(CARGO) test --no-fail-fast -- --test-threads 4
 
-## Benchmarks on the local cluster: reaction time of the automatic rollback (BENCH_FAILURES=20),
+## Benchmarks: heap bytes held per release by each cache (footprint, no cluster); on the local
+## cluster, reaction time of the automatic rollback (BENCH_FAILURES=20),
 ## then scale side by side with Argo Rollouts v1.10.0 built from its Go module
 ## (BENCH_RELEASES=1000 by default, e.g. 1000,10000 on a cluster started with CLUSTER_NODES=12;
 ## BENCH_SOAK_MINUTES=30 for the soak;
 ## BENCH_PEER=0 without the peer). Results in target/bench/results.json and results.md.
 bench: build cluster
+	$(CARGO) bench --bench footprint
 	$(CARGO) bench --bench reaction
 	$(CARGO) bench --bench scale
 
