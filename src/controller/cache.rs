@@ -64,32 +64,41 @@ impl CachedRelease {
     }
 }
 
-impl Resource for CachedRelease {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
+/// A cache type is the API type it stands for, to the API server and to kube-runtime: same kind,
+/// group, version and plural, namespaced, its own metadata.
+macro_rules! stands_for {
+    ($cached:ty, $api:ty) => {
+        impl Resource for $cached {
+            type DynamicType = ();
+            type Scope = NamespaceResourceScope;
 
-    fn kind(_: &()) -> Cow<'_, str> {
-        LocallRelease::kind(&())
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        LocallRelease::group(&())
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        LocallRelease::version(&())
-    }
-    fn api_version(_: &()) -> Cow<'_, str> {
-        LocallRelease::api_version(&())
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        LocallRelease::plural(&())
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
+            fn kind(_: &()) -> Cow<'_, str> {
+                <$api>::kind(&())
+            }
+            fn group(_: &()) -> Cow<'_, str> {
+                <$api>::group(&())
+            }
+            fn version(_: &()) -> Cow<'_, str> {
+                <$api>::version(&())
+            }
+            fn api_version(_: &()) -> Cow<'_, str> {
+                <$api>::api_version(&())
+            }
+            fn plural(_: &()) -> Cow<'_, str> {
+                <$api>::plural(&())
+            }
+            fn meta(&self) -> &ObjectMeta {
+                &self.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.metadata
+            }
+        }
+    };
 }
+
+stands_for!(CachedRelease, LocallRelease);
+stands_for!(SlimDeployment, Deployment);
 
 /// What observe and act read of a Deployment.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -118,33 +127,6 @@ pub struct SlimDeploymentStatus {
     pub ready_replicas: Option<i32>,
     #[serde(default)]
     pub updated_replicas: Option<i32>,
-}
-
-impl Resource for SlimDeployment {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        Deployment::kind(&())
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        Deployment::group(&())
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        Deployment::version(&())
-    }
-    fn api_version(_: &()) -> Cow<'_, str> {
-        Deployment::api_version(&())
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        Deployment::plural(&())
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
 }
 
 #[cfg(test)]
