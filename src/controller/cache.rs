@@ -52,10 +52,8 @@ pub struct Unreadable {
 impl CachedRelease {
     /// The release, typed, as a reconcile reads it.
     pub fn release(&self) -> Result<LocallRelease, Unreadable> {
-        let spec = match &self.spec {
-            Some(s) => serde_json::from_str(s).map_err(|source| Unreadable { field: "spec", source })?,
-            None => serde_json::from_str("{}").map_err(|source| Unreadable { field: "spec", source })?,
-        };
+        // A release without a spec reads as an empty one (which names what it lacks).
+        let spec = serde_json::from_str(self.spec.as_deref().unwrap_or("{}")).map_err(|source| Unreadable { field: "spec", source })?;
         let status = match &self.status {
             Some(s) => Some(serde_json::from_str::<LocallReleaseStatus>(s).map_err(|source| Unreadable { field: "status", source })?),
             None => None,
