@@ -368,6 +368,17 @@ async fn the_image_runs_as_the_chart_runs_it_and_carries_a_release() {
     assert!(st.success(), "runc run failed (log: {})", log_path.display());
     let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
 
+    // `runc run --detach` returns once the container is started, which can be a moment before runc's
+    // init has exec'd the entrypoint (its /proc/<pid>/exe then reads "/"): wait for the exec, so the
+    // checks below are of the operator's own process.
+    let exe = loop {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        if exe == Path::new("/usr/local/bin/locall-operator") || started.elapsed() > Duration::from_secs(10) {
+            break exe;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(exe, Path::new("/usr/local/bin/locall-operator"), "the entrypoint is the operator, not a shell");
     // It runs as 65532 with nothing extra: no capabilities, no way to gain privileges.
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     assert_eq!(status_field(&status, "Uid:").split_whitespace().collect::<Vec<_>>(), ["65532"; 4], "{status}");
@@ -375,8 +386,6 @@ async fn the_image_runs_as_the_chart_runs_it_and_carries_a_release() {
     assert_eq!(status_field(&status, "CapEff:"), "0000000000000000");
     assert_eq!(status_field(&status, "CapBnd:"), "0000000000000000");
     assert_eq!(status_field(&status, "NoNewPrivs:"), "1");
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
-    assert_eq!(exe, Path::new("/usr/local/bin/locall-operator"), "the entrypoint is the operator, not a shell");
     // Its root filesystem is read-only: mounted so, and a write through it is refused, even root's.
     let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
     let root = mountinfo.lines().find(|l| l.split_whitespace().nth(4) == Some("/")).expect("the root mount");
