@@ -1,5 +1,11 @@
 //! The finalizer's work: children can live in other namespaces than the release (so owner
 //! references cannot collect them); they are found by label and deleted.
+//!
+//! Only in the namespaces where they can be: the release's own, its stages' (spec), those its
+//! status recorded (stages reached, the stable version's, its Jobs'), and any where the watch
+//! caches hold a child of it (a stage removed from the spec since). A cluster-wide list per kind
+//! and deletion made deleting N releases cost O(N^2) in the API server: about 4 deletions a
+//! second at 10,000 releases.
 
 use crate::{api::labels, api::LocallRelease, engine::names, traffic::gateway::httproute_resource};
 use k8s_openapi::api::{apps::v1::Deployment, batch::v1::Job, core::v1::Service};
@@ -7,21 +13,48 @@ use kube::{
     api::{Api, DeleteParams, DynamicObject, ListParams, PropagationPolicy},
     Client, ResourceExt,
 };
+use std::collections::BTreeSet;
 
-pub async fn children(client: &Client, lr: &LocallRelease, scope: &super::scope::Scope) -> Result<(), super::Error> {
-    let sel = format!("{}={}", labels::RELEASE, names::release_label(&lr.namespace().unwrap_or_default(), &lr.name_any()));
+/// Where the release's children can be: see the module's comment. `cached` are the namespaces
+/// of the children the watch caches hold; the result keeps only namespaces the operator serves.
+pub fn namespaces(lr: &LocallRelease, cached: impl IntoIterator<Item = String>, scope: &super::scope::Scope) -> BTreeSet<String> {
+    let own = lr.namespace().unwrap_or_default();
+    let mut set: BTreeSet<String> = cached.into_iter().collect();
+    set.insert(own.clone());
+    set.extend((0..lr.spec.stages.len()).map(|i| lr.spec.stage_namespace(i, &own).to_string()));
+    if let Some(st) = &lr.status {
+        set.extend(st.reached.iter().map(|r| r.namespace.clone()));
+        set.extend(st.stable.iter().flat_map(|s| s.namespaces.iter().cloned()));
+        set.extend(st.jobs.iter().map(|j| j.namespace.clone()));
+    }
+    set.retain(|ns| !ns.is_empty() && scope.serves(ns));
+    set
+}
+
+pub async fn children(ctx: &super::Context, lr: &LocallRelease) -> Result<(), super::Error> {
+    let client = &ctx.client;
+    let value = names::release_label(&lr.namespace().unwrap_or_default(), &lr.name_any());
+    let labelled = |m: &kube::api::ObjectMeta| m.labels.as_ref().and_then(|l| l.get(labels::RELEASE)) == Some(&value);
+    let mut cached: Vec<String> = ctx.deployment_index.get(&value).into_iter().chain(ctx.job_index.get(&value)).map(|(ns, _)| ns).collect();
+    if let Some(store) = &ctx.applied.services {
+        cached.extend(store.state().iter().filter(|m| labelled(&m.metadata)).filter_map(|m| m.metadata.namespace.clone()));
+    }
+    if let Some(store) = &ctx.applied.routes {
+        cached.extend(store.state().iter().filter(|m| labelled(&m.metadata)).filter_map(|m| m.metadata.namespace.clone()));
+    }
+    let namespaces = namespaces(lr, cached, &ctx.policy.scope);
+    let sel = format!("{}={}", labels::RELEASE, value);
     let lp = ListParams::default().labels(&sel);
     let dp = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
     let err = |e| super::act_err("clean up", "the release's children".into())(e);
-    delete_all(scope.apis(|| Api::<Deployment>::all(client.clone()), |ns| Api::namespaced(client.clone(), ns)), client, &lp, &dp).await?;
-    delete_all(scope.apis(|| Api::<Job>::all(client.clone()), |ns| Api::namespaced(client.clone(), ns)), client, &lp, &dp).await?;
-    delete_all(scope.apis(|| Api::<Service>::all(client.clone()), |ns| Api::namespaced(client.clone(), ns)), client, &lp, &dp).await?;
+    delete_all(namespaces.iter().map(|ns| Api::<Deployment>::namespaced(client.clone(), ns)).collect(), client, &lp, &dp).await?;
+    delete_all(namespaces.iter().map(|ns| Api::<Job>::namespaced(client.clone(), ns)).collect(), client, &lp, &dp).await?;
+    delete_all(namespaces.iter().map(|ns| Api::<Service>::namespaced(client.clone(), ns)).collect(), client, &lp, &dp).await?;
     let ar = httproute_resource();
-    let apis = scope.apis(|| Api::<DynamicObject>::all_with(client.clone(), &ar), |ns| Api::namespaced_with(client.clone(), ns, &ar));
     let mut routes = vec![];
-    for api in apis {
+    for ns in &namespaces {
         // A cluster without the HTTPRoute CRD has no routes to clean up.
-        if let Ok(list) = api.list(&lp).await {
+        if let Ok(list) = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar).list(&lp).await {
             routes.extend(list);
         }
     }
@@ -61,4 +94,38 @@ where
         let _ = Api::<K>::namespaced(client.clone(), &o.namespace().unwrap_or_default()).delete(&o.name_any(), dp).await;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::scope::Scope;
+
+    fn release() -> LocallRelease {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "locall.io/v1alpha1", "kind": "LocallRelease",
+            "metadata": {"name": "api", "namespace": "calls"},
+            "spec": {"version": "2.0.0",
+                     "template": {"spec": {"containers": [{"name": "api", "image": "locall/api:2.0.0"}]}},
+                     "stages": [{"name": "staging", "namespace": "calls-staging"}, {"name": "production"}]},
+            "status": {"reached": [{"name": "canary", "namespace": "calls-canary", "replicas": 1}],
+                       "stable": {"version": "1.0.0", "revision": "abc", "namespaces": ["calls-old"]},
+                       "jobs": [{"name": "migrate", "kind": "Migrate", "jobName": "api-migrate", "namespace": "calls-jobs", "state": "Succeeded"}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn children_are_sought_wherever_spec_status_or_the_caches_put_them() {
+        let got = namespaces(&release(), ["calls-removed-stage".to_string()], &Scope::default());
+        let want = ["calls", "calls-canary", "calls-jobs", "calls-old", "calls-removed-stage", "calls-staging"];
+        assert_eq!(got.iter().map(String::as_str).collect::<Vec<_>>(), want);
+    }
+
+    #[test]
+    fn only_namespaces_the_operator_serves_are_sought() {
+        let scope = Scope(vec!["calls".into(), "calls-old".into(), "elsewhere".into()]);
+        let got = namespaces(&release(), ["calls-removed-stage".to_string()], &scope);
+        assert_eq!(got.iter().map(String::as_str).collect::<Vec<_>>(), ["calls", "calls-old"]);
+    }
 }

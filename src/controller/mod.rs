@@ -507,7 +507,7 @@ async fn reconcile(cached: Arc<CachedRelease>, ctx: Arc<Context>) -> Result<Acti
     let res = finalizer(&api, FINALIZER, lr, |event| async {
         match event {
             Finalizer::Apply(lr) => reconcile_release(&lr, &ctx).await,
-            Finalizer::Cleanup(lr) => cleanup::children(&ctx.client, &lr, &ctx.policy.scope).await.map(|_| Action::await_change()),
+            Finalizer::Cleanup(lr) => cleanup::children(&ctx, &lr).await.map(|_| Action::await_change()),
         }
     })
     .await

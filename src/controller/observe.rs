@@ -70,7 +70,7 @@ impl ByRelease {
         }
     }
 
-    fn get(&self, release: &str) -> Vec<(String, String)> {
+    pub fn get(&self, release: &str) -> Vec<(String, String)> {
         self.map.read().unwrap().get(release).map(|s| s.iter().cloned().collect()).unwrap_or_default()
     }
 }
