@@ -562,7 +562,7 @@ fn write_results(results: &serde_json::Map<String, Value>, md: &[String], sizes:
         vec!["| figure | releases | locall-operator | Argo Rollouts v1.10.0 | ratio |".to_string(), "|---|---|---|---|---|".to_string()];
     let mut ratios = vec![];
     let mut rows: Vec<(&str, String, String)> = vec![("idle RSS MiB", String::new(), "idle_rss_mib".into())];
-    for n in &sizes {
+    for n in sizes {
         for (what, key) in [
             ("peak RSS MiB", "peak_rss_mib"),
             ("settled RSS MiB", "settled_rss_mib"),
@@ -608,7 +608,7 @@ fn write_results(results: &serde_json::Map<String, Value>, md: &[String], sizes:
         "# Scale, side by side ({date}, {cores} cores, {host})\n\nSame local cluster, same run, one after the other. Equivalent objects: a one-stage, one-replica LocallRelease; a one-replica Rollout with one canary step to 100%. Ratio = locall-operator / peer.\n\n{}\n",
         table.join("\n")
     );
-    for n in &sizes {
+    for n in sizes {
         if let (Some(s), Some(w)) = (get(&format!("locall_restart_settle_s_{n}")), get(&format!("locall_restart_writes_{n}"))) {
             text.push_str(&format!("\nRestart settle ({n} releases): {s:.1} s until every release was reconciled and nothing written for 5 s; {w} mutating API requests meanwhile (status, children, Events, finalizers).\n"));
         }
