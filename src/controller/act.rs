@@ -1,7 +1,7 @@
 //! Act: make the children match the engine's desired state. Every write goes through server-side
 //! apply with one field manager, and nothing unchanged is written again.
 
-use super::{act_err, build, Context, Error};
+use super::{act_err, build, cache::Slim, Context, Error};
 use crate::{
     api::LocallRelease,
     engine::{names, Decision},
@@ -86,10 +86,11 @@ async fn accepted(ctx: &Context, ns: &str, from: &str) -> bool {
 /// Once a release ends, per-revision Services of versions no longer routed to are removed.
 async fn remove_stale_services(ctx: &Context, lr: &LocallRelease, d: &Decision) -> Result<(), Error> {
     use k8s_openapi::api::core::v1::Service;
+    // Names and labels are all this reads of them.
     let sel = format!("{}={}", crate::api::labels::RELEASE, names::release_label(&lr.namespace().unwrap_or_default(), &lr.name_any()));
     for stage in d.desired.stages.iter().filter(|s| s.traffic.is_some()) {
         let keep: BTreeSet<String> = stage.traffic.iter().flat_map(|t| t.stable.iter().chain(t.candidate.iter()).cloned()).collect();
-        let api: Api<Service> = Api::namespaced(ctx.client.clone(), &stage.namespace);
+        let api: Api<Slim<Service>> = Api::namespaced(ctx.client.clone(), &stage.namespace);
         let list = api
             .list(&kube::api::ListParams::default().labels(&sel))
             .await
@@ -130,7 +131,7 @@ async fn apply_deployments(ctx: &Context, lr: &LocallRelease, d: &Decision, pass
     let release = lr.name_any();
     let observed = super::observe::deployments(&ctx.deployments, &ctx.deployment_index, lr);
     for stage in &d.desired.stages {
-        let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &stage.namespace);
+        let api: Api<Slim<Deployment>> = Api::namespaced(ctx.client.clone(), &stage.namespace);
         let base = stage.base(&release);
         // A refusal of a component's Deployment names the component's template.
         let of = stage
@@ -201,7 +202,7 @@ async fn remove_stale_deployments(ctx: &Context, lr: &LocallRelease, d: &Decisio
                 continue;
             }
         }
-        let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+        let api: Api<Slim<Deployment>> = Api::namespaced(ctx.client.clone(), ns);
         let dp = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
         match api.delete(name, &dp).await {
             Ok(_) => {

@@ -9,11 +9,17 @@
 //!   spec the operator cannot read fails alone, with an error naming it, instead of failing the
 //!   watch's list for every release.
 //! - [`SlimDeployment`]: a Deployment with only the fields observe and act read.
+//! - [`SlimService`]: a Service's selector, as traffic reads it back.
+//! - [`Slim`]: any object's metadata alone, for the answers to writes and to reads of metadata.
+//!
+//! None of them materialises `managedFields` (often half of an object's JSON): [`lean_meta`]
+//! reads metadata without it, and what a type does not name is skipped unread. Parsing the
+//! watches' events and the answers to requests was a third of the operator's CPU.
 //!
 //! `cargo bench --bench footprint` measures the bytes each holds.
 
 use crate::api::{LocallRelease, LocallReleaseStatus};
-use k8s_openapi::{api::apps::v1::Deployment, apimachinery::pkg::apis::meta::v1::ObjectMeta, NamespaceResourceScope};
+use k8s_openapi::{api::apps::v1::Deployment, api::core::v1::Service, apimachinery::pkg::apis::meta::v1::ObjectMeta, NamespaceResourceScope};
 use kube::Resource;
 use serde::{Deserialize, Deserializer};
 use std::borrow::Cow;
@@ -21,7 +27,7 @@ use std::borrow::Cow;
 /// A LocallRelease as the release cache holds it.
 #[derive(Clone, Debug, Deserialize)]
 pub struct CachedRelease {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lean_meta")]
     pub metadata: ObjectMeta,
     /// The spec's compact JSON text.
     #[serde(default, deserialize_with = "compact")]
@@ -31,13 +37,79 @@ pub struct CachedRelease {
     status: Option<Box<str>>,
 }
 
-/// Any JSON value, kept as its compact text (`null` as none).
+/// Any JSON value, kept as its text (`null` as none). The API server's JSON is compact; text
+/// with whitespace is compacted, so a cache never holds more than the value needs.
 fn compact<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<str>>, D::Error> {
-    let v = serde_json::Value::deserialize(d)?;
-    if v.is_null() {
+    let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+    let text = raw.get();
+    if text == "null" {
         return Ok(None);
     }
+    if !spaced(text) {
+        return Ok(Some(text.into()));
+    }
+    let v: serde_json::Value = serde_json::from_str(text).map_err(serde::de::Error::custom)?;
     serde_json::to_string(&v).map(|s| Some(s.into_boxed_str())).map_err(serde::de::Error::custom)
+}
+
+/// Whether JSON text has whitespace between its tokens (inside strings does not count).
+fn spaced(text: &str) -> bool {
+    let (mut in_string, mut escaped) = (false, false);
+    for b in text.bytes() {
+        match (in_string, escaped, b) {
+            (true, true, _) => escaped = false,
+            (true, false, b'\\') => escaped = true,
+            (true, false, b'"') => in_string = false,
+            (true, false, _) => {}
+            (false, _, b'"') => in_string = true,
+            (false, _, b) if b.is_ascii_whitespace() => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// Object metadata without `managedFields`, which nothing in the operator reads: every other
+/// field as the API server sent it.
+pub fn lean_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+    use std::collections::BTreeMap;
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Lean {
+        annotations: Option<BTreeMap<String, String>>,
+        creation_timestamp: Option<Time>,
+        deletion_grace_period_seconds: Option<i64>,
+        deletion_timestamp: Option<Time>,
+        finalizers: Option<Vec<String>>,
+        generate_name: Option<String>,
+        generation: Option<i64>,
+        labels: Option<BTreeMap<String, String>>,
+        name: Option<String>,
+        namespace: Option<String>,
+        owner_references: Option<Vec<OwnerReference>>,
+        resource_version: Option<String>,
+        self_link: Option<String>,
+        uid: Option<String>,
+    }
+    let Some(m) = Option::<Lean>::deserialize(d)? else { return Ok(ObjectMeta::default()) };
+    Ok(ObjectMeta {
+        annotations: m.annotations,
+        creation_timestamp: m.creation_timestamp,
+        deletion_grace_period_seconds: m.deletion_grace_period_seconds,
+        deletion_timestamp: m.deletion_timestamp,
+        finalizers: m.finalizers,
+        generate_name: m.generate_name,
+        generation: m.generation,
+        labels: m.labels,
+        managed_fields: None,
+        name: m.name,
+        namespace: m.namespace,
+        owner_references: m.owner_references,
+        resource_version: m.resource_version,
+        self_link: m.self_link,
+        uid: m.uid,
+    })
 }
 
 /// A cached release whose spec or status the operator cannot read.
@@ -97,11 +169,71 @@ macro_rules! stands_for {
 
 stands_for!(CachedRelease, LocallRelease);
 stands_for!(SlimDeployment, Deployment);
+stands_for!(SlimService, Service);
+
+/// An object's metadata alone (without `managedFields`), the rest of it skipped unread: what
+/// the operator takes from the answer to a write (its resourceVersion) or from a read of
+/// annotations. `Api<Slim<K>>` sends the same requests as `Api<K>`.
+#[derive(Debug, Default, Deserialize)]
+pub struct Slim<K> {
+    #[serde(default, deserialize_with = "lean_meta")]
+    pub metadata: ObjectMeta,
+    #[serde(skip)]
+    _kind: std::marker::PhantomData<fn() -> K>,
+}
+
+impl<K> Clone for Slim<K> {
+    fn clone(&self) -> Self {
+        Slim { metadata: self.metadata.clone(), _kind: std::marker::PhantomData }
+    }
+}
+
+impl<K: Resource<DynamicType = (), Scope = NamespaceResourceScope>> Resource for Slim<K> {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        K::kind(&())
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        K::group(&())
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        K::version(&())
+    }
+    fn api_version(_: &()) -> Cow<'_, str> {
+        K::api_version(&())
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        K::plural(&())
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// What traffic reads back of a Service: its selector.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct SlimService {
+    #[serde(default, deserialize_with = "lean_meta")]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: Option<SlimServiceSpec>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct SlimServiceSpec {
+    #[serde(default)]
+    pub selector: Option<std::collections::BTreeMap<String, String>>,
+}
 
 /// What observe and act read of a Deployment.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct SlimDeployment {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lean_meta")]
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: Option<SlimDeploymentSpec>,
@@ -146,7 +278,7 @@ mod tests {
     #[test]
     fn a_cached_release_reads_back_as_the_release_the_api_server_sent() {
         let typed: LocallRelease = serde_json::from_value(release_json()).unwrap();
-        let cached: CachedRelease = serde_json::from_value(release_json()).unwrap();
+        let cached: CachedRelease = serde_json::from_str(&release_json().to_string()).unwrap();
         let back = cached.release().unwrap();
         assert_eq!(serde_json::to_value(&back).unwrap(), serde_json::to_value(&typed).unwrap());
         // The revision (a hash of the typed template) does not move: no restart on upgrade.
@@ -157,10 +289,10 @@ mod tests {
     fn a_release_without_status_has_none_and_an_unreadable_spec_names_the_field() {
         let mut v = release_json();
         v.as_object_mut().unwrap().remove("status");
-        let cached: CachedRelease = serde_json::from_value(v.clone()).unwrap();
+        let cached: CachedRelease = serde_json::from_str(&v.to_string()).unwrap();
         assert!(cached.release().unwrap().status.is_none());
         v["spec"]["replicas"] = json!("two");
-        let cached: CachedRelease = serde_json::from_value(v).unwrap();
+        let cached: CachedRelease = serde_json::from_str(&v.to_string()).unwrap();
         let err = cached.release().unwrap_err();
         assert_eq!(err.field, "spec");
         assert!(err.to_string().starts_with("spec of this release cannot be read"), "{err}");
@@ -177,5 +309,59 @@ mod tests {
         assert_eq!(d.spec.unwrap().replicas, Some(3));
         let s = d.status.unwrap();
         assert_eq!((s.observed_generation, s.ready_replicas, s.updated_replicas), (Some(2), Some(1), Some(3)));
+    }
+
+    /// Metadata as the API server sends it: with managedFields, which the operator never reads.
+    fn meta_json() -> serde_json::Value {
+        json!({"name": "api-1a2b", "namespace": "calls", "uid": "u-1", "resourceVersion": "42", "generation": 3,
+               "creationTimestamp": "2026-12-01T08:00:00Z", "deletionTimestamp": "2026-12-01T09:00:00Z",
+               "labels": {"locall.io/release": "calls.api"}, "annotations": {"locall.io/applied-hash": "h"},
+               "finalizers": ["locall.io/cleanup"],
+               "ownerReferences": [{"apiVersion": "locall.io/v1alpha1", "kind": "LocallRelease", "name": "api", "uid": "u-0"}],
+               "managedFields": [{"manager": "kube-controller-manager", "operation": "Update", "fieldsType": "FieldsV1",
+                                  "fieldsV1": {"f:status": {"f:readyReplicas": {}}}}]})
+    }
+
+    #[test]
+    fn lean_metadata_is_the_metadata_without_managed_fields() {
+        let full: ObjectMeta = serde_json::from_value(meta_json()).unwrap();
+        assert!(full.managed_fields.is_some());
+        let d: SlimDeployment = serde_json::from_str(&json!({"metadata": meta_json()}).to_string()).unwrap();
+        assert_eq!(d.metadata, ObjectMeta { managed_fields: None, ..full.clone() });
+        let cached: CachedRelease = serde_json::from_str(&json!({"metadata": meta_json(), "spec": {}}).to_string()).unwrap();
+        assert_eq!(cached.metadata, ObjectMeta { managed_fields: None, ..full });
+    }
+
+    #[test]
+    fn a_write_answer_is_read_for_its_metadata_and_a_service_for_its_selector() {
+        let answer = json!({"apiVersion": "v1", "kind": "Service", "metadata": meta_json(),
+                            "spec": {"selector": {"app": "api", "locall.io/revision": "1a2b"}, "ports": [{"port": 80}]},
+                            "status": {"loadBalancer": {}}});
+        let slim: Slim<Service> = serde_json::from_str(&answer.to_string()).unwrap();
+        assert_eq!(slim.metadata.resource_version.as_deref(), Some("42"));
+        assert!(slim.metadata.managed_fields.is_none());
+        let svc: SlimService = serde_json::from_str(&answer.to_string()).unwrap();
+        let sel = svc.spec.unwrap().selector.unwrap();
+        assert_eq!(sel.get("locall.io/revision").map(String::as_str), Some("1a2b"));
+        // The same requests as the type it stands for.
+        assert_eq!(Slim::<Service>::url_path(&(), Some("calls")), Service::url_path(&(), Some("calls")));
+        assert_eq!(SlimService::url_path(&(), Some("calls")), Service::url_path(&(), Some("calls")));
+    }
+
+    #[test]
+    fn only_whitespace_between_tokens_counts_as_spacing() {
+        assert!(!spaced(r#"{"message":"waiting for Deployment a/b","q":"say \"hi there\"","e":"\\"}"#));
+        assert!(spaced(r#"{"message":"a b", "x":1}"#));
+        assert!(spaced(r#"{"e":"\\" ,"x":1}"#));
+    }
+
+    #[test]
+    fn a_cached_spec_is_kept_compact_whatever_the_spacing_it_came_with() {
+        let spaced = "{\"metadata\": {\"name\": \"api\"}, \"spec\": {\"version\": \"2.0.0\",\n  \"replicas\": 2}, \"status\": null}";
+        let cached: CachedRelease = serde_json::from_str(spaced).unwrap();
+        let spec = cached.spec.as_deref().unwrap();
+        assert!(!spec.contains(char::is_whitespace), "{spec}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(spec).unwrap(), json!({"version": "2.0.0", "replicas": 2}));
+        assert!(cached.status.is_none());
     }
 }

@@ -9,9 +9,10 @@ use k8s_openapi::{
     api::{core::v1::ObjectReference, events::v1::Event},
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
 };
+use super::cache::Slim;
 use kube::{
     api::{Api, Patch, PatchParams, PostParams},
-    Client,
+    Client, Resource,
 };
 use std::{collections::HashMap, sync::Mutex, time::Duration};
 
@@ -68,7 +69,8 @@ impl Recorder {
             }
             recent.get(&key).filter(|(_, _, _, at)| live(at)).cloned()
         };
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        // The answers are not read (the Event's name is ours): parsed as metadata alone.
+        let api: Api<Slim<Event>> = Api::namespaced(self.client.clone(), &ns);
         let (name, count) = match seen {
             Some((name, _, count, _)) => {
                 let patch = serde_json::json!({"series": {"count": count + 1, "lastObservedTime": MicroTime(now)}});
@@ -93,8 +95,12 @@ impl Recorder {
                     type_: Some(if note.warning { "Warning" } else { "Normal" }.into()),
                     ..Default::default()
                 };
-                let created = api.create(&PostParams::default(), &ev).await?;
-                (created.metadata.name.unwrap_or_default(), 1)
+                let body = serde_json::to_vec(&ev).map_err(kube::Error::SerdeError)?;
+                let request = kube::core::Request::new(Event::url_path(&(), Some(&ns)))
+                    .create(&PostParams::default(), body)
+                    .map_err(kube::Error::BuildRequest)?;
+                let created: Slim<Event> = self.client.request(request).await?;
+                (created.metadata.name.or(ev.metadata.name).unwrap_or_default(), 1)
             }
         };
         self.recent.lock().unwrap().insert(key, (name, ns, count, now));

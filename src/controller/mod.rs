@@ -759,7 +759,8 @@ async fn write_status(
     version: Option<String>,
     status: &LocallReleaseStatus,
 ) -> Result<Option<String>, Error> {
-    let api: Api<LocallRelease> = Api::namespaced(ctx.client.clone(), &lr.namespace().unwrap_or_default());
+    // The answer is read for its resourceVersion only.
+    let api: Api<cache::Slim<LocallRelease>> = Api::namespaced(ctx.client.clone(), &lr.namespace().unwrap_or_default());
     let body = serde_json::json!({
         "apiVersion": "locall.io/v1alpha1",
         "kind": "LocallRelease",

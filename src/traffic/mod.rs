@@ -8,7 +8,7 @@ pub mod replicas;
 
 use crate::{
     api::{LocallRelease, TrafficMethod},
-    controller::build,
+    controller::{build, cache::Slim},
     engine::{Observed, StageDesired},
 };
 use k8s_openapi::api::core::v1::Service;
@@ -122,7 +122,8 @@ pub(crate) async fn ensure_service(client: &Client, applied: &Applied, svc: Serv
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
     let err = |e| WriteError::on("Service", &ns, &name)(e);
-    let api: Api<Service> = Api::namespaced(client.clone(), &ns);
+    // Its annotations are all this reads of the Service, and nothing of the answer to the write.
+    let api: Api<Slim<Service>> = Api::namespaced(client.clone(), &ns);
     let (svc, hash) = build::stamp(svc);
     if applied.service_hash(&ns, &name).as_ref() == Some(&hash) {
         return Ok(0);

@@ -5,10 +5,9 @@
 use super::{ensure_service, Applied};
 use crate::{
     api::{labels, LocallRelease},
-    controller::build,
+    controller::{build, cache::SlimService},
     engine::{names, traffic, Observed, StageDesired},
 };
-use k8s_openapi::api::core::v1::Service;
 use kube::{api::Api, Client, ResourceExt};
 use std::collections::BTreeMap;
 
@@ -40,7 +39,7 @@ pub async fn apply(client: &Client, applied: &Applied, lr: &LocallRelease, stage
 
 /// The candidate's share: pinned selectors say 0 or 100; otherwise the ratio of Ready pods.
 pub async fn observe(client: &Client, lr: &LocallRelease, stage: &StageDesired, obs: &Observed) -> Result<Option<i32>, kube::Error> {
-    let api: Api<Service> = Api::namespaced(client.clone(), &stage.namespace);
+    let api: Api<SlimService> = Api::namespaced(client.clone(), &stage.namespace);
     let Some(svc) = api.get_opt(&names::entry_service(&stage.base(&lr.name_any()))).await? else { return Ok(None) };
     let sel = svc.spec.and_then(|s| s.selector).unwrap_or_default();
     Ok(Some(share(&lr.name_any(), stage, &sel, obs)))
@@ -55,7 +54,7 @@ pub async fn routes_to(
     component: Option<&str>,
     revision: &str,
 ) -> Result<bool, kube::Error> {
-    let api: Api<Service> = Api::namespaced(client.clone(), namespace);
+    let api: Api<SlimService> = Api::namespaced(client.clone(), namespace);
     let Some(svc) = api.get_opt(&names::entry_service(&names::base(&lr.name_any(), component))).await? else { return Ok(false) };
     let sel = svc.spec.and_then(|s| s.selector).unwrap_or_default();
     Ok(sel.get(labels::REVISION).is_none_or(|r| r == revision))
