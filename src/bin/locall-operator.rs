@@ -57,7 +57,16 @@ struct Args {
     /// Seconds a Lease stays valid after its last renewal; a new leader takes over within this.
     #[arg(long, env = "LOCALL_LEASE_SECONDS", default_value_t = 10)]
     lease_seconds: u64,
+    /// Threads that run the operator: 1 (the default) runs everything on one thread, as the
+    /// operator mostly waits on the API server; more spread reconciles over that many threads,
+    /// at the cost of waking threads for each other (see the README's Performance section).
+    #[arg(long, env = "LOCALL_WORKER_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    worker_threads: u16,
 }
+
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
@@ -71,7 +80,7 @@ async fn shutdown_signal() {
 /// operator's footprint after the initial list of every release would stay at its peak. Two
 /// arenas (set in `main`), and a periodic trim, keep it near what the caches hold (see
 /// `make bench`).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc")))]
 fn tune_allocator() {
     tokio::spawn(async {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
@@ -82,24 +91,28 @@ fn tune_allocator() {
     });
 }
 
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+#[cfg(not(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc"))))]
 fn tune_allocator() {}
 
 fn main() -> anyhow::Result<()> {
     // Before the runtime starts its threads, so the arena limit applies to them. Fixed mmap and
     // trim thresholds: the large buffers of a relist go back to the system when freed.
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc")))]
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
     }
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run())
+    let args = Args::parse();
+    let runtime = match args.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n.into()).enable_all().build()?,
+    };
+    runtime.block_on(run(args))
 }
 
-async fn run() -> anyhow::Result<()> {
+async fn run(args: Args) -> anyhow::Result<()> {
     tune_allocator();
-    let args = Args::parse();
     let _ = rustls::crypto::ring::default_provider().install_default();
     telemetry::init_tracing(&args.log_format);
     let metrics = Arc::new(telemetry::Metrics::default());
