@@ -37,6 +37,28 @@ pub struct CachedRelease {
     status: Option<Box<str>>,
 }
 
+/// A cached release written back as the object it stands for (kube's finalizer helper names
+/// the type of its patches by it): apiVersion, kind, metadata, and spec and status as they are.
+impl serde::Serialize for CachedRelease {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeMap};
+        let raw = |t: &Option<Box<str>>| -> Result<Option<Box<serde_json::value::RawValue>>, S::Error> {
+            t.as_deref().map(|t| serde_json::value::RawValue::from_string(t.to_string()).map_err(S::Error::custom)).transpose()
+        };
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("apiVersion", &LocallRelease::api_version(&()))?;
+        m.serialize_entry("kind", &LocallRelease::kind(&()))?;
+        m.serialize_entry("metadata", &self.metadata)?;
+        if let Some(spec) = raw(&self.spec)? {
+            m.serialize_entry("spec", &spec)?;
+        }
+        if let Some(status) = raw(&self.status)? {
+            m.serialize_entry("status", &status)?;
+        }
+        m.end()
+    }
+}
+
 /// Any JSON value, kept as its text (`null` as none). The API server's JSON is compact; text
 /// with whitespace is compacted, so a cache never holds more than the value needs.
 fn compact<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<str>>, D::Error> {
@@ -283,6 +305,13 @@ mod tests {
         assert_eq!(serde_json::to_value(&back).unwrap(), serde_json::to_value(&typed).unwrap());
         // The revision (a hash of the typed template) does not move: no restart on upgrade.
         assert_eq!(crate::engine::names::revision(&back.spec), crate::engine::names::revision(&typed.spec));
+    }
+
+    #[test]
+    fn a_cached_release_serialises_as_the_release_it_stands_for() {
+        // As the API server sent it, field for field (the typed release would add its defaults).
+        let cached: CachedRelease = serde_json::from_str(&release_json().to_string()).unwrap();
+        assert_eq!(serde_json::to_value(&cached).unwrap(), release_json());
     }
 
     #[test]

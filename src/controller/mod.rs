@@ -479,8 +479,21 @@ async fn reconcile(cached: Arc<CachedRelease>, ctx: Arc<Context>) -> Result<Acti
     let _ = ctx.children_listed.clone().wait_for(|listed| *listed).await;
     let started = std::time::Instant::now();
     let key = key_of(&*cached);
+    // The finalizer's patches are answered with the release, read as the cache reads it.
+    let api: Api<CachedRelease> = Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
+    // After a conflict, the watch cache may be what is behind (a watch that hangs after an API
+    // server restart stays stale for minutes): the retry reads the release from the API server.
+    let stale = ctx.fresh_read.lock().unwrap().remove(&key);
+    let cached = if stale {
+        match api.get_opt(&key.name).await {
+            Ok(Some(fresh)) => Arc::new(fresh),
+            _ => cached,
+        }
+    } else {
+        cached
+    };
     let lr = match cached.release() {
-        Ok(lr) => Arc::new(lr),
+        Ok(lr) => lr,
         Err(e) => {
             // Only this release waits (with backoff) for a spec the operator can read.
             let message = e.to_string();
@@ -492,22 +505,11 @@ async fn reconcile(cached: Arc<CachedRelease>, ctx: Arc<Context>) -> Result<Acti
             return Err(Error::Unreadable(e));
         }
     };
-    let api: Api<LocallRelease> = Api::namespaced(ctx.client.clone(), &lr.namespace().unwrap_or_default());
-    // After a conflict, the watch cache may be what is behind (a watch that hangs after an API
-    // server restart stays stale for minutes): the retry reads the release from the API server.
-    let stale = ctx.fresh_read.lock().unwrap().remove(&key);
-    let lr = if stale {
-        match api.get_opt(&key.name).await {
-            Ok(Some(fresh)) => Arc::new(fresh),
-            _ => lr,
-        }
-    } else {
-        lr
-    };
-    let res = finalizer(&api, FINALIZER, lr, |event| async {
+    let (lr, c) = (&lr, &*ctx);
+    let res = finalizer(&api, FINALIZER, cached, |event| async move {
         match event {
-            Finalizer::Apply(lr) => reconcile_release(&lr, &ctx).await,
-            Finalizer::Cleanup(lr) => cleanup::children(&ctx, &lr).await.map(|_| Action::await_change()),
+            Finalizer::Apply(_) => reconcile_release(lr, c).await,
+            Finalizer::Cleanup(_) => cleanup::children(c, lr).await.map(|_| Action::await_change()),
         }
     })
     .await
