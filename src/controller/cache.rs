@@ -19,7 +19,9 @@
 //! `cargo bench --bench footprint` measures the bytes each holds.
 
 use crate::api::{LocallRelease, LocallReleaseStatus};
-use k8s_openapi::{api::apps::v1::Deployment, api::core::v1::Service, apimachinery::pkg::apis::meta::v1::ObjectMeta, NamespaceResourceScope};
+use k8s_openapi::{
+    api::apps::v1::Deployment, api::core::v1::Service, apimachinery::pkg::apis::meta::v1::ObjectMeta, NamespaceResourceScope,
+};
 use kube::Resource;
 use serde::{Deserialize, Deserializer};
 use std::borrow::Cow;

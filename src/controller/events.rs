@@ -5,11 +5,11 @@
 //! name. Here only an Event identical in reason *and* message (within [`TTL`]) joins a series;
 //! a different message is a new Event.
 
+use super::cache::Slim;
 use k8s_openapi::{
     api::{core::v1::ObjectReference, events::v1::Event},
     apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
 };
-use super::cache::Slim;
 use kube::{
     api::{Api, Patch, PatchParams, PostParams},
     Client, Resource,
