@@ -161,8 +161,8 @@ impl CachedRelease {
 /// A cache type is the API type it stands for, to the API server and to kube-runtime: same kind,
 /// group, version and plural, namespaced, its own metadata.
 macro_rules! stands_for {
-    ($cached:ty, $api:ty) => {
-        impl Resource for $cached {
+    (impl<$($g:ident: $bound:path),*> $cached:ty, $api:ty) => {
+        impl<$($g: $bound),*> Resource for $cached {
             type DynamicType = ();
             type Scope = NamespaceResourceScope;
 
@@ -189,6 +189,9 @@ macro_rules! stands_for {
             }
         }
     };
+    ($cached:ty, $api:ty) => {
+        stands_for!(impl<> $cached, $api);
+    };
 }
 
 stands_for!(CachedRelease, LocallRelease);
@@ -212,32 +215,11 @@ impl<K> Clone for Slim<K> {
     }
 }
 
-impl<K: Resource<DynamicType = (), Scope = NamespaceResourceScope>> Resource for Slim<K> {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
+/// Any namespaced API type with a static kind.
+pub trait Namespaced: Resource<DynamicType = (), Scope = NamespaceResourceScope> {}
+impl<K: Resource<DynamicType = (), Scope = NamespaceResourceScope>> Namespaced for K {}
 
-    fn kind(_: &()) -> Cow<'_, str> {
-        K::kind(&())
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        K::group(&())
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        K::version(&())
-    }
-    fn api_version(_: &()) -> Cow<'_, str> {
-        K::api_version(&())
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        K::plural(&())
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
-}
+stands_for!(impl<K: Namespaced> Slim<K>, K);
 
 /// What traffic reads back of a Service: its selector.
 #[derive(Clone, Debug, Default, Deserialize)]

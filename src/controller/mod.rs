@@ -267,8 +267,8 @@ pub async fn run(
     let (release_store, release_writer) = reflector::store::<CachedRelease>();
     // Our own status writes come back as watch events: they change nothing a reconcile reads
     // that it did not just write, so only spec, metadata and deletion trigger a reconcile.
+    // (CachedRelease reads metadata without managedFields: nothing to clear.)
     let release_stream = scope::watch(releases, wc, WatchBackoff::default)
-        .modify(|lr| lr.managed_fields_mut().clear())
         .reflect(release_writer)
         .applied_objects()
         .predicate_filter(release_trigger, Default::default());
