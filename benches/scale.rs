@@ -10,7 +10,8 @@
 //! reconciled once and nothing has been written for 5 s, with the writes made meanwhile). A
 //! write is any mutating request (create, patch, update, delete) the operator's client sent.
 //! BENCH_SOAK_MINUTES (default 0) adds a soak with releases changing, RSS sampled over time.
-//! BENCH_PEER=0 skips the peer. Results: target/bench/results.json and results.md, with the
+//! BENCH_PEER=0 skips the peer; BENCH_PEER_QPS=N runs it with `--qps N --burst 2N` instead of
+//! its defaults (40 / 80), which bound its pace at 10,000 (ours has no client throttle). Results: target/bench/results.json and results.md, with the
 //! ratio of each figure to the peer's.
 
 #[path = "../tests/support/mod.rs"]
@@ -225,6 +226,11 @@ fn peer() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
     Some((bin, crds))
 }
 
+/// BENCH_PEER_QPS: the peer's client throttle, if lifted from its defaults (40 / burst 80).
+fn peer_qps() -> Option<u32> {
+    std::env::var("BENCH_PEER_QPS").ok().and_then(|v| v.parse().ok())
+}
+
 /// A running controller: ours (with its metrics address) or the peer.
 enum Running {
     Locall(Operator),
@@ -270,10 +276,18 @@ fn start(kind: Kind, peer_bin: Option<&std::path::Path>) -> Running {
             let c = cluster();
             let log = std::fs::File::create(c.dir.join("logs/peer-argo-rollouts.log")).unwrap();
             let mut cmd = Command::new(peer_bin.unwrap());
-            cmd.args(["--kubeconfig", c.kubeconfig.to_str().unwrap(), "--leader-elect=false", "--loglevel", "warn"])
-                .args(["--healthzPort", &free_port().to_string(), "--metricsPort", &free_port().to_string()])
-                .stdout(log.try_clone().unwrap())
-                .stderr(log);
+            cmd.args(["--kubeconfig", c.kubeconfig.to_str().unwrap(), "--leader-elect=false", "--loglevel", "warn"]).args([
+                "--healthzPort",
+                &free_port().to_string(),
+                "--metricsPort",
+                &free_port().to_string(),
+            ]);
+            // Its client throttle (defaults --qps 40 --burst 80) bounds its pace at 10,000;
+            // BENCH_PEER_QPS lifts it (burst twice that), as ours has no client throttle.
+            if let Some(qps) = peer_qps() {
+                cmd.args(["--qps", &qps.to_string(), "--burst", &(2 * qps).to_string()]);
+            }
+            cmd.stdout(log.try_clone().unwrap()).stderr(log);
             Running::Peer(cmd.spawn().expect("start the peer"))
         }
     }
@@ -605,7 +619,11 @@ fn write_results(results: &serde_json::Map<String, Value>, md: &[String], sizes:
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let date = chrono::Utc::now().format("%Y-%m-%d");
     let mut text = format!(
-        "# Scale, side by side ({date}, {cores} cores, {host})\n\nSame local cluster, same run, one after the other. Equivalent objects: a one-stage, one-replica LocallRelease; a one-replica Rollout with one canary step to 100%. Ratio = locall-operator / peer.\n\n{}\n",
+        "# Scale, side by side ({date}, {cores} cores, {host})\n\nSame local cluster, same run, one after the other. Equivalent objects: a one-stage, one-replica LocallRelease; a one-replica Rollout with one canary step to 100%. Ratio = locall-operator / peer. The peer's client throttle: {}.\n\n{}\n",
+        match peer_qps() {
+            Some(q) => format!("--qps {q} --burst {} (BENCH_PEER_QPS)", 2 * q),
+            None => "its defaults, --qps 40 --burst 80".into(),
+        },
         table.join("\n")
     );
     for n in sizes {
