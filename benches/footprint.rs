@@ -85,15 +85,14 @@ fn main() {
     let json_len = serde_json::to_string(&full(0)).unwrap().len();
     let jsons: Vec<String> = (0..N).map(|i| serde_json::to_string(&full(i)).unwrap()).collect();
 
-    let mut rows: Vec<(&str, f64)> = vec![];
-    rows.push(("release as cached (CachedRelease)", per_item(|i| Arc::new(serde_json::from_str::<CachedRelease>(&jsons[i]).unwrap()))));
-    rows.push((
-        "  the same release typed (LocallRelease)",
-        per_item(|i| Arc::new(serde_json::from_str::<LocallRelease>(&jsons[i]).unwrap())),
-    ));
-    rows.push(("    its typed spec alone", per_item(|i| serde_json::from_str::<LocallRelease>(&jsons[i]).unwrap().spec)));
-    rows.push(("    its typed status alone", per_item(|i| serde_json::from_str::<LocallRelease>(&jsons[i]).unwrap().status)));
-    rows.push(("  the same release as compact JSON text", per_item(|i| jsons[i].clone().into_boxed_str())));
+    // Measured one after the other, in this order.
+    let mut rows: Vec<(&str, f64)> = vec![
+        ("release as cached (CachedRelease)", per_item(|i| Arc::new(serde_json::from_str::<CachedRelease>(&jsons[i]).unwrap()))),
+        ("  the same release typed (LocallRelease)", per_item(|i| Arc::new(serde_json::from_str::<LocallRelease>(&jsons[i]).unwrap()))),
+        ("    its typed spec alone", per_item(|i| serde_json::from_str::<LocallRelease>(&jsons[i]).unwrap().spec)),
+        ("    its typed status alone", per_item(|i| serde_json::from_str::<LocallRelease>(&jsons[i]).unwrap().status)),
+        ("  the same release as compact JSON text", per_item(|i| jsons[i].clone().into_boxed_str())),
+    ];
 
     let dep = |i: usize| -> Deployment {
         let mut m = meta(&format!("bench-{}", i % 10), &format!("r{i:05}-abc12345"), i);
