@@ -152,18 +152,7 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 /// Requests that change something (create, patch, update, delete), as the operator counted them
 /// on their way out: status and child writes, Events and finalizer patches alike.
 async fn mutating_requests(addr: &str) -> f64 {
-    let request = reqwest::Client::new().get(format!("http://{addr}/metrics")).bearer_auth(admin_token());
-    let body = match request.send().await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => return f64::NAN,
-    };
-    ["create", "patch", "update", "delete"]
-        .iter()
-        .filter_map(|verb| body.lines().find_map(|l| l.strip_prefix(&format!("locall_api_requests_total{{verb=\"{verb}\"}} "))))
-        .filter_map(|v| v.trim().parse::<f64>().ok())
-        // An empty sum of f64 is -0.0, printed "-0": none of these requests made yet is 0.
-        .sum::<f64>()
-        + 0.0
+    api_requests(addr, &["create", "patch", "update", "delete"], None).await
 }
 
 /// How many of the benchmark's objects are in their final state.
@@ -271,7 +260,10 @@ impl Drop for Running {
 
 fn start(kind: Kind, peer_bin: Option<&std::path::Path>) -> Running {
     match kind {
-        Kind::Locall => Running::Locall(Operator::start_with("bench-scale", "locall.io/operator=bench-scale", &[], &[])),
+        // Both log at warn: the peer runs with --loglevel warn.
+        Kind::Locall => {
+            Running::Locall(Operator::start_with("bench-scale", "locall.io/operator=bench-scale", &[], &[("RUST_LOG", "warn")]))
+        }
         Kind::Peer => {
             let c = cluster();
             let log = std::fs::File::create(c.dir.join("logs/peer-argo-rollouts.log")).unwrap();

@@ -5,7 +5,7 @@ use super::{act_err, build, cache::Slim, Context, Error};
 use crate::{
     api::LocallRelease,
     engine::{names, Decision},
-    traffic::{Router, MANAGER},
+    traffic::{Router, Written, MANAGER},
 };
 use k8s_openapi::api::{apps::v1::Deployment, batch::v1::Job};
 use kube::{
@@ -20,7 +20,7 @@ use std::collections::BTreeSet;
 /// The order keeps every request served: Deployments are created or grown first, then traffic
 /// moves, then what lost its traffic shrinks, and a Deployment is deleted only once its stage's
 /// router, read back, no longer sends it anything.
-pub async fn act(ctx: &Context, lr: &LocallRelease, d: &Decision, router: Router) -> Result<u32, Error> {
+pub async fn act(ctx: &Context, lr: &LocallRelease, d: &Decision, router: Router, written: &Written) -> Result<u32, Error> {
     if d.desired.frozen {
         // The spec cannot be carried out as it stands: nothing is written until it is fixed.
         return Ok(0);
@@ -59,10 +59,10 @@ pub async fn act(ctx: &Context, lr: &LocallRelease, d: &Decision, router: Router
             Err(e) => return Err(act_err("create", format!("Job {}/{}", j.record.namespace, j.record.job_name))(e)),
         };
     }
-    apply_deployments(ctx, lr, d, Resize::Grow).await?;
-    let traffic_writes = apply_traffic(ctx, lr, d, router).await?;
-    apply_deployments(ctx, lr, d, Resize::Shrink).await?;
-    remove_stale_deployments(ctx, lr, d, router).await?;
+    apply_deployments(ctx, lr, d, Resize::Grow, written).await?;
+    let traffic_writes = apply_traffic(ctx, lr, d, router, written).await?;
+    apply_deployments(ctx, lr, d, Resize::Shrink, written).await?;
+    remove_stale_deployments(ctx, lr, d, router, written).await?;
     if d.status.phase.is_terminal() && lr.status.as_ref().map(|s| s.phase) != Some(d.status.phase) {
         remove_stale_services(ctx, lr, d).await?;
     }
@@ -110,10 +110,10 @@ async fn remove_stale_services(ctx: &Context, lr: &LocallRelease, d: &Decision) 
     Ok(())
 }
 
-async fn apply_traffic(ctx: &Context, lr: &LocallRelease, d: &Decision, router: Router) -> Result<u32, Error> {
+async fn apply_traffic(ctx: &Context, lr: &LocallRelease, d: &Decision, router: Router, written: &Written) -> Result<u32, Error> {
     let mut writes = 0;
     for stage in &d.desired.stages {
-        writes += router.apply(&ctx.client, &ctx.applied, lr, stage).await?;
+        writes += router.apply(&ctx.client, &ctx.applied, written, lr, stage).await?;
     }
     ctx.metrics.writes.inc_by(writes as u64);
     Ok(writes)
@@ -127,7 +127,7 @@ enum Resize {
     Shrink,
 }
 
-async fn apply_deployments(ctx: &Context, lr: &LocallRelease, d: &Decision, pass: Resize) -> Result<(), Error> {
+async fn apply_deployments(ctx: &Context, lr: &LocallRelease, d: &Decision, pass: Resize, written: &Written) -> Result<(), Error> {
     let release = lr.name_any();
     let observed = super::observe::deployments(&ctx.deployments, &ctx.deployment_index, lr);
     for stage in &d.desired.stages {
@@ -149,6 +149,10 @@ async fn apply_deployments(ctx: &Context, lr: &LocallRelease, d: &Decision, pass
             }
             if dep.from_spec {
                 let (obj, hash) = build::stamp(build::deployment(lr, stage, dep));
+                // Applied by this reconcile already (the cache lags it by milliseconds), or unchanged.
+                if written.deployment_hash(&stage.namespace, &name).as_ref() == Some(&hash) {
+                    continue;
+                }
                 let current = ctx.deployments.get(&ObjectRef::new(&name).within(&stage.namespace));
                 if current.as_ref().is_some_and(|c| c.annotations().get(build::APPLIED_HASH) == Some(&hash)) {
                     continue;
@@ -159,14 +163,16 @@ async fn apply_deployments(ctx: &Context, lr: &LocallRelease, d: &Decision, pass
                 api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
                     .await
                     .map_err(act_err("apply", format!("Deployment {}/{name}{of}", stage.namespace)))?;
+                written.wrote_deployment(&stage.namespace, &name, &hash);
                 ctx.metrics.writes.inc();
-            } else if seen.is_some_and(|o| o.replicas != dep.replicas) {
+            } else if seen.is_some_and(|o| o.replicas != dep.replicas) && written.scaled(&stage.namespace, &name) != Some(dep.replicas) {
                 // An older version's Deployment: its template is not in the spec any more, so
                 // only its size is managed.
                 let patch = serde_json::json!({"spec": {"replicas": dep.replicas}});
                 api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                     .await
                     .map_err(act_err("scale", format!("Deployment {}/{name}", stage.namespace)))?;
+                written.wrote_scale(&stage.namespace, &name, dep.replicas);
                 ctx.metrics.writes.inc();
             }
         }
@@ -176,7 +182,7 @@ async fn apply_deployments(ctx: &Context, lr: &LocallRelease, d: &Decision, pass
 
 /// Deletes what the release no longer wants (a superseded candidate, the old stable after a
 /// success), each only once the router of its namespace, read back, routes nothing to it.
-async fn remove_stale_deployments(ctx: &Context, lr: &LocallRelease, d: &Decision, router: Router) -> Result<(), Error> {
+async fn remove_stale_deployments(ctx: &Context, lr: &LocallRelease, d: &Decision, router: Router, written: &Written) -> Result<(), Error> {
     let release = lr.name_any();
     let observed = super::observe::deployments(&ctx.deployments, &ctx.deployment_index, lr);
     let wanted: BTreeSet<(String, String)> = d
@@ -194,7 +200,7 @@ async fn remove_stale_deployments(ctx: &Context, lr: &LocallRelease, d: &Decisio
         let component = current.as_ref().and_then(|x| x.labels().get(crate::api::labels::COMPONENT).cloned());
         if let Some(rev) = revision {
             if router
-                .routes_to(&ctx.client, lr, ns, component.as_deref(), &rev)
+                .routes_to(&ctx.client, lr, written, ns, component.as_deref(), &rev)
                 .await
                 .map_err(act_err("read back the traffic in namespace", ns.to_string()))?
             {

@@ -13,7 +13,7 @@ use crate::{
     api::{LocallRelease, LocallReleaseStatus, Phase},
     engine::{self, outbox, Observed, Release, StageDesired, TrafficTarget},
     telemetry::Metrics,
-    traffic::{Router, MANAGER},
+    traffic::{Router, Written, MANAGER},
 };
 use cache::{CachedRelease, SlimDeployment};
 use chrono::Utc;
@@ -226,7 +226,8 @@ pub async fn run(
         .applied_objects();
     // Status updates that change nothing observe reads (availableReplicas, conditions) do not
     // reconcile the release again.
-    let dep_stream = dep_stream.predicate_filter(deployment_trigger, Default::default());
+    let dep_stream =
+        dep_stream.try_filter(|d| futures::future::ready(deployment_observed(d))).predicate_filter(deployment_trigger, Default::default());
     let jobs_apis = sc.apis(|| Api::<Job>::all(c.clone()), |ns| Api::namespaced(c.clone(), ns));
     let index = job_index.clone();
     let job_stream = scope::watch(jobs_apis, selector, WatchBackoff::default)
@@ -418,6 +419,15 @@ fn slim_deployment(d: &mut SlimDeployment) {
         annotations: keep(m.annotations, &[build::APPLIED_HASH]),
         ..Default::default()
     };
+}
+
+/// Whether the deployment controller has answered the Deployment's latest spec: until it has,
+/// the event is the echo of a write (ours, mostly: a Deployment just created or resized) and
+/// its status says nothing new, so it does not reconcile the release; the status that follows
+/// does.
+fn deployment_observed(d: &SlimDeployment) -> bool {
+    let observed = d.status.as_ref().and_then(|s| s.observed_generation);
+    observed.is_some() && observed >= d.metadata.generation
 }
 
 /// What of a (slimmed) Deployment makes its release worth reconciling again: what observe and
@@ -613,8 +623,9 @@ async fn advance(
     let mut status = original.clone();
     let mut refused: Option<engine::Refusal> = None;
     let mut refusals = 0;
+    let written = Written::default();
     for pass in 1.. {
-        let mut obs = match observe(ctx, lr, &status, router).await {
+        let mut obs = match observe(ctx, lr, &status, router, &written).await {
             Ok(obs) => obs,
             Err(e) => return (status, Err(e)),
         };
@@ -636,7 +647,7 @@ async fn advance(
             Ok(d) => d,
             Err(e) => return (status, Err(e)),
         };
-        let traffic_writes = match act::act(ctx, lr, &decision, router).await {
+        let traffic_writes = match act::act(ctx, lr, &decision, router, &written).await {
             Ok(n) => n,
             Err(e) => match e.refusal() {
                 Some(why) if !decision.status.phase.is_terminal() && refusals < 3 => {
@@ -674,7 +685,13 @@ async fn advance(
 }
 
 /// The engine's snapshot for this release.
-async fn observe(ctx: &Context, lr: &LocallRelease, status: &LocallReleaseStatus, router: Router) -> Result<Observed, Error> {
+async fn observe(
+    ctx: &Context,
+    lr: &LocallRelease,
+    status: &LocallReleaseStatus,
+    router: Router,
+    written: &Written,
+) -> Result<Observed, Error> {
     // Each annotation parsed once: a value, or the problem that goes into AnnotationsValid.
     let mut annotation_errors = vec![];
     let approval = observe::annotation_approval(lr).unwrap_or_else(|e| {
@@ -728,7 +745,7 @@ async fn observe(ctx: &Context, lr: &LocallRelease, status: &LocallReleaseStatus
                         candidate_replicas: 0,
                     }),
                 };
-                if let Some(w) = router.observe(&ctx.client, lr, &stage, &obs).await.map_err(|e| Error::Observe("traffic", e))? {
+                if let Some(w) = router.observe(&ctx.client, lr, written, &stage, &obs).await.map_err(|e| Error::Observe("traffic", e))? {
                     obs.traffic.insert(part.key(&namespace), w);
                 }
             }
@@ -806,6 +823,22 @@ mod tests {
         let labels = d.metadata.labels.unwrap();
         assert_eq!(labels.keys().map(String::as_str).collect::<Vec<_>>(), [COMPONENT, RELEASE, REVISION]);
         assert_eq!(d.spec.unwrap().replicas, Some(2));
+    }
+
+    #[test]
+    fn a_deployment_triggers_once_its_controller_has_answered_its_spec() {
+        let d = |generation: i64, observed: Option<i64>| -> super::SlimDeployment {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "p-1a2b", "namespace": "prod", "generation": generation},
+                "spec": {"replicas": 1},
+                "status": observed.map(|o| serde_json::json!({"observedGeneration": o})),
+            }))
+            .unwrap()
+        };
+        assert!(!super::deployment_observed(&d(1, None)), "just created: no status yet");
+        assert!(!super::deployment_observed(&d(3, Some(2))), "resized: the status is of the spec before");
+        assert!(super::deployment_observed(&d(3, Some(3))));
+        assert!(super::deployment_observed(&d(3, Some(4))));
     }
 
     fn api(code: u16) -> kube::Error {

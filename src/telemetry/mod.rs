@@ -60,7 +60,7 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     /// API writes made (creates, applies, patches, deletes).
     pub writes: Counter<u64, AtomicU64>,
-    /// Every request the operator's client sent to the API server, by verb.
+    /// Every request the operator's client sent to the API server, by verb and resource.
     pub api_requests: Family<VerbLabel, Counter>,
     pub phase: Family<PhaseLabels, Gauge>,
     pub weight: Family<ReleaseLabels, Gauge>,
@@ -76,6 +76,8 @@ pub struct Metrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VerbLabel {
     pub verb: String,
+    /// The resource, with its subresource if any: `services`, `locallreleases/status`.
+    pub resource: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -109,7 +111,7 @@ impl Default for Metrics {
         );
         registry.register("controller_runtime_reconcile_time_seconds", "Time per reconciliation", m.reconcile_duration.clone());
         registry.register("locall_api_writes", "Writes the operator made to the API server", m.writes.clone());
-        registry.register("locall_api_requests", "Requests sent to the API server, by verb", m.api_requests.clone());
+        registry.register("locall_api_requests", "Requests sent to the API server, by verb and resource", m.api_requests.clone());
         registry.register("locall_release_phase", "1 for each release, labelled with its current phase", m.phase.clone());
         registry.register("locall_release_traffic_weight", "Candidate's traffic share in the current stage", m.weight.clone());
         registry.register("locall_rollbacks", "Automatic rollbacks started", m.rollbacks.clone());
@@ -143,16 +145,40 @@ const PHASES: [Phase; 10] = [
     Phase::Failed,
 ];
 
+/// The resource a request path names, and whether it names the collection (pure):
+/// `/api/v1/namespaces/a/services/x` is `services`, `/api/v1/namespaces/a/services` the
+/// collection, `/apis/locall.io/v1alpha1/namespaces/a/locallreleases/x/status`
+/// `locallreleases/status`, `/api/v1/namespaces/a` the Namespace `a` (`namespaces`).
+pub fn resource_of(path: &str) -> (String, bool) {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let rest = match segments.first() {
+        Some(&"api") => segments.get(2..),
+        Some(&"apis") => segments.get(3..),
+        _ => None,
+    }
+    .unwrap_or_default();
+    // Inside a namespace (not a Namespace itself).
+    let rest = if rest.first() == Some(&"namespaces") && rest.len() > 2 { &rest[2..] } else { rest };
+    match rest {
+        [] => ("other".into(), false),
+        [resource] => (resource.to_string(), true),
+        [resource, _, sub, ..] => (format!("{resource}/{sub}"), false),
+        [resource, ..] => (resource.to_string(), false),
+    }
+}
+
 impl Metrics {
-    /// Counts one request to the API server: watch, get (gets and lists), create, patch, update
+    /// Counts one request to the API server, by resource: watch, list, get, create, patch, update
     /// or delete; `review` for the TokenReviews and SubjectAccessReviews that guard `/metrics`
     /// (created, but questions that store nothing: not counted as writes).
     pub fn api_request(&self, method: &str, uri: &str) {
         let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
         let watch = query.split('&').any(|kv| kv == "watch=true" || kv == "watch=1");
         let review = path.ends_with("/tokenreviews") || path.ends_with("/subjectaccessreviews");
+        let (resource, collection) = resource_of(path);
         let verb = match method {
             "GET" if watch => "watch",
+            "GET" if collection => "list",
             "GET" => "get",
             "POST" if review => "review",
             "POST" => "create",
@@ -161,7 +187,7 @@ impl Metrics {
             "DELETE" => "delete",
             _ => "other",
         };
-        self.api_requests.get_or_create(&VerbLabel { verb: verb.into() }).inc();
+        self.api_requests.get_or_create(&VerbLabel { verb: verb.into(), resource }).inc();
     }
 
     /// Counts a finished reconcile by its result: success, conflict (a write refused because
@@ -279,9 +305,36 @@ mod tests {
         m.api_request("GET", "/api/v1/services?watch=true&resourceVersion=1");
         let text = m.encode();
         for line in [
-            "locall_api_requests_total{verb=\"review\"} 2",
-            "locall_api_requests_total{verb=\"create\"} 1",
-            "locall_api_requests_total{verb=\"watch\"} 1",
+            "locall_api_requests_total{verb=\"review\",resource=\"tokenreviews\"} 1",
+            "locall_api_requests_total{verb=\"review\",resource=\"subjectaccessreviews\"} 1",
+            "locall_api_requests_total{verb=\"create\",resource=\"events\"} 1",
+            "locall_api_requests_total{verb=\"watch\",resource=\"services\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in {text}");
+        }
+    }
+
+    #[test]
+    fn requests_are_counted_by_the_resource_their_path_names() {
+        use super::resource_of;
+        let r = |p: &str| resource_of(p);
+        assert_eq!(r("/api/v1/namespaces/a/services/x"), ("services".into(), false));
+        assert_eq!(r("/api/v1/namespaces/a/services"), ("services".into(), true));
+        assert_eq!(r("/api/v1/services"), ("services".into(), true));
+        assert_eq!(r("/api/v1/namespaces/a"), ("namespaces".into(), false));
+        assert_eq!(r("/api/v1/namespaces"), ("namespaces".into(), true));
+        assert_eq!(r("/apis/locall.io/v1alpha1/namespaces/a/locallreleases/x/status"), ("locallreleases/status".into(), false));
+        assert_eq!(r("/apis/apps/v1/namespaces/a/deployments/x"), ("deployments".into(), false));
+        assert_eq!(r("/apis/coordination.k8s.io/v1/namespaces/a/leases/op"), ("leases".into(), false));
+        assert_eq!(r("/apis/gateway.networking.k8s.io/v1/httproutes"), ("httproutes".into(), true));
+        assert_eq!(r("/version").0, "other");
+        let m = super::Metrics::default();
+        m.api_request("GET", "/api/v1/namespaces/a/services?labelSelector=x");
+        m.api_request("GET", "/api/v1/namespaces/a/services/x");
+        let text = m.encode();
+        for line in [
+            "locall_api_requests_total{verb=\"list\",resource=\"services\"} 1",
+            "locall_api_requests_total{verb=\"get\",resource=\"services\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in {text}");
         }

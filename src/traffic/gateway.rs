@@ -7,7 +7,7 @@
 //! changes only its own rule (named [`RULE`]), leaving every other rule, and every field of its
 //! own rule but `backendRefs`, as it finds them, guarded by the resourceVersion it read.
 
-use super::{ensure_service, Applied, WriteError, MANAGER};
+use super::{ensure_service, Applied, WriteError, Written, MANAGER};
 use crate::{
     api::{labels, LocallRelease},
     controller::build,
@@ -103,7 +103,13 @@ pub fn merged_rules(current: &serde_json::Value, ours: &serde_json::Value, relea
     serde_json::Value::Array(rules)
 }
 
-pub async fn apply(client: &Client, applied: &Applied, lr: &LocallRelease, stage: &StageDesired) -> Result<u32, WriteError> {
+pub async fn apply(
+    client: &Client,
+    applied: &Applied,
+    written: &Written,
+    lr: &LocallRelease,
+    stage: &StageDesired,
+) -> Result<u32, WriteError> {
     let Some(t) = &stage.traffic else { return Ok(0) };
     let release = stage.base(&lr.name_any());
     let mut writes = 0;
@@ -112,20 +118,29 @@ pub async fn apply(client: &Client, applied: &Applied, lr: &LocallRelease, stage
         selector.insert(labels::REVISION.to_string(), rev.clone());
         let mut svc = build::service(lr, stage, &names::revision_service(&release, rev), selector);
         svc.metadata.labels.get_or_insert_with(Default::default).insert(labels::REVISION.into(), rev.clone());
-        writes += ensure_service(client, applied, svc).await?;
+        writes += ensure_service(client, applied, written, svc).await?;
     }
     let mut body = route(lr, stage);
     let hash = build::content_hash(&body);
     body["metadata"]["annotations"][build::APPLIED_HASH] = hash.clone().into();
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &stage.namespace, &httproute_resource());
     let name = names::entry_service(&release);
-    if applied.route_hash(&stage.namespace, &name).as_ref() == Some(&hash) {
-        return Ok(writes);
-    }
     let err = |e| WriteError::on("HTTPRoute", &stage.namespace, &name)(e);
-    let Some(cur) = api.get_opt(&name).await.map_err(err)? else {
-        api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await.map_err(err)?;
-        return Ok(writes + 1);
+    // Written in this reconcile: that answer is the route as it stands (its resourceVersion
+    // still guards the change below).
+    let cur = match written.route(&stage.namespace, &name) {
+        Some(cur) => cur,
+        None => {
+            if applied.route_hash(&stage.namespace, &name).as_ref() == Some(&hash) {
+                return Ok(writes);
+            }
+            let Some(cur) = api.get_opt(&name).await.map_err(err)? else {
+                let answer = api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await.map_err(err)?;
+                written.wrote_route(&stage.namespace, &name, answer);
+                return Ok(writes + 1);
+            };
+            cur
+        }
     };
     if cur.annotations().get(build::APPLIED_HASH) == Some(&hash) {
         return Ok(writes);
@@ -141,15 +156,16 @@ pub async fn apply(client: &Client, applied: &Applied, lr: &LocallRelease, stage
         "spec": {"parentRefs": body["spec"]["parentRefs"], "rules": merged_rules(&cur.data, &body, &release)},
     });
     let pp = PatchParams { field_manager: Some(MANAGER.into()), ..Default::default() };
-    api.patch(&name, &pp, &Patch::Merge(&patch)).await.map_err(err)?;
+    let answer = api.patch(&name, &pp, &Patch::Merge(&patch)).await.map_err(err)?;
+    written.wrote_route(&stage.namespace, &name, answer);
     Ok(writes + 1)
 }
 
-/// Reads the candidate's share from the HTTPRoute's backend weights.
-pub async fn observe(client: &Client, lr: &LocallRelease, stage: &StageDesired) -> Result<Option<i32>, kube::Error> {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &stage.namespace, &httproute_resource());
+/// Reads the candidate's share from the HTTPRoute's backend weights (from the API server, or
+/// from the answer to this reconcile's write of the route).
+pub async fn observe(client: &Client, lr: &LocallRelease, written: &Written, stage: &StageDesired) -> Result<Option<i32>, kube::Error> {
     let base = stage.base(&lr.name_any());
-    let Some(route) = api.get_opt(&names::entry_service(&base)).await? else { return Ok(None) };
+    let Some(route) = written.read_route(client, &stage.namespace, &names::entry_service(&base)).await? else { return Ok(None) };
     let candidate = stage.traffic.as_ref().and_then(|t| t.candidate.clone()).map(|c| names::revision_service(&base, &c));
     Ok(Some(candidate_share(&route.data, &base, candidate.as_deref())))
 }
@@ -158,13 +174,13 @@ pub async fn observe(client: &Client, lr: &LocallRelease, stage: &StageDesired) 
 pub async fn routes_to(
     client: &Client,
     lr: &LocallRelease,
+    written: &Written,
     namespace: &str,
     component: Option<&str>,
     revision: &str,
 ) -> Result<bool, kube::Error> {
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &httproute_resource());
     let base = names::base(&lr.name_any(), component);
-    let Some(route) = api.get_opt(&names::entry_service(&base)).await? else { return Ok(false) };
+    let Some(route) = written.read_route(client, namespace, &names::entry_service(&base)).await? else { return Ok(false) };
     Ok(weight_on(&route.data, &names::revision_service(&base, revision)) > 0)
 }
 

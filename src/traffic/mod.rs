@@ -8,7 +8,7 @@ pub mod replicas;
 
 use crate::{
     api::{LocallRelease, TrafficMethod},
-    controller::{build, cache::Slim},
+    controller::{build, cache::SlimService},
     engine::{Observed, StageDesired},
 };
 use k8s_openapi::api::core::v1::Service;
@@ -17,6 +17,7 @@ use kube::{
     runtime::reflector::{ObjectRef, Store},
     Client, ResourceExt,
 };
+use std::{collections::HashMap, sync::Mutex};
 
 /// The field manager of every write the operator makes.
 pub const MANAGER: &str = "locall-operator";
@@ -55,10 +56,17 @@ impl Router {
     }
 
     /// Makes the stage's routing match its target. Returns the number of writes made.
-    pub async fn apply(self, client: &Client, applied: &Applied, lr: &LocallRelease, stage: &StageDesired) -> Result<u32, WriteError> {
+    pub async fn apply(
+        self,
+        client: &Client,
+        applied: &Applied,
+        written: &Written,
+        lr: &LocallRelease,
+        stage: &StageDesired,
+    ) -> Result<u32, WriteError> {
         match self {
-            Router::Gateway => gateway::apply(client, applied, lr, stage).await,
-            Router::ReplicaRatio => replicas::apply(client, applied, lr, stage).await,
+            Router::Gateway => gateway::apply(client, applied, written, lr, stage).await,
+            Router::ReplicaRatio => replicas::apply(client, applied, written, lr, stage).await,
         }
     }
 
@@ -67,30 +75,33 @@ impl Router {
         self,
         client: &Client,
         lr: &LocallRelease,
+        written: &Written,
         stage: &StageDesired,
         obs: &Observed,
     ) -> Result<Option<i32>, kube::Error> {
         match self {
-            Router::Gateway => gateway::observe(client, lr, stage).await,
-            Router::ReplicaRatio => replicas::observe(client, lr, stage, obs).await,
+            Router::Gateway => gateway::observe(client, lr, written, stage).await,
+            Router::ReplicaRatio => replicas::observe(client, lr, written, stage, obs).await,
         }
     }
 }
 
 impl Router {
-    /// Whether the stage router in `namespace`, read from the API server, still sends any
-    /// traffic to `revision`: a Deployment is deleted only once this says no.
+    /// Whether the stage router in `namespace`, read from the API server (or from the answer to
+    /// this reconcile's write of it), still sends any traffic to `revision`: a Deployment is
+    /// deleted only once this says no.
     pub async fn routes_to(
         self,
         client: &Client,
         lr: &LocallRelease,
+        written: &Written,
         namespace: &str,
         component: Option<&str>,
         revision: &str,
     ) -> Result<bool, kube::Error> {
         match self {
-            Router::Gateway => gateway::routes_to(client, lr, namespace, component, revision).await,
-            Router::ReplicaRatio => replicas::routes_to(client, lr, namespace, component, revision).await,
+            Router::Gateway => gateway::routes_to(client, lr, written, namespace, component, revision).await,
+            Router::ReplicaRatio => replicas::routes_to(client, lr, written, namespace, component, revision).await,
         }
     }
 }
@@ -116,26 +127,101 @@ impl Applied {
     }
 }
 
+/// What one reconcile wrote, as the API server answered each write: the answer is the object
+/// as stored, so the reconcile's later passes read a router back from it instead of asking
+/// again, and do not write again what they have just written (the watch caches lag a write by
+/// a few milliseconds). Made afresh for every reconcile; the next one reads the API server.
+#[derive(Default)]
+pub struct Written {
+    services: Mutex<HashMap<(String, String), SlimService>>,
+    routes: Mutex<HashMap<(String, String), DynamicObject>>,
+    deployments: Mutex<HashMap<(String, String), String>>,
+    scaled: Mutex<HashMap<(String, String), i32>>,
+}
+
+impl Written {
+    fn key(ns: &str, name: &str) -> (String, String) {
+        (ns.to_string(), name.to_string())
+    }
+
+    pub(crate) fn service(&self, ns: &str, name: &str) -> Option<SlimService> {
+        self.services.lock().unwrap().get(&Self::key(ns, name)).cloned()
+    }
+
+    pub(crate) fn route(&self, ns: &str, name: &str) -> Option<DynamicObject> {
+        self.routes.lock().unwrap().get(&Self::key(ns, name)).cloned()
+    }
+
+    /// The Service as this reconcile's write of it answered, or as the API server has it now.
+    pub(crate) async fn read_service(&self, client: &Client, ns: &str, name: &str) -> Result<Option<SlimService>, kube::Error> {
+        match self.service(ns, name) {
+            Some(svc) => Ok(Some(svc)),
+            None => Api::<SlimService>::namespaced(client.clone(), ns).get_opt(name).await,
+        }
+    }
+
+    /// The HTTPRoute as this reconcile's write of it answered, or as the API server has it now.
+    pub(crate) async fn read_route(&self, client: &Client, ns: &str, name: &str) -> Result<Option<DynamicObject>, kube::Error> {
+        match self.route(ns, name) {
+            Some(route) => Ok(Some(route)),
+            None => Api::<DynamicObject>::namespaced_with(client.clone(), ns, &gateway::httproute_resource()).get_opt(name).await,
+        }
+    }
+
+    fn wrote_service(&self, ns: &str, name: &str, answer: SlimService) {
+        self.services.lock().unwrap().insert(Self::key(ns, name), answer);
+    }
+
+    fn wrote_route(&self, ns: &str, name: &str, answer: DynamicObject) {
+        self.routes.lock().unwrap().insert(Self::key(ns, name), answer);
+    }
+
+    /// The content hash of the Deployment this reconcile applied, if it did.
+    pub fn deployment_hash(&self, ns: &str, name: &str) -> Option<String> {
+        self.deployments.lock().unwrap().get(&Self::key(ns, name)).cloned()
+    }
+
+    pub fn wrote_deployment(&self, ns: &str, name: &str, hash: &str) {
+        self.deployments.lock().unwrap().insert(Self::key(ns, name), hash.to_string());
+    }
+
+    /// The size this reconcile gave an older version's Deployment, if it did.
+    pub fn scaled(&self, ns: &str, name: &str) -> Option<i32> {
+        self.scaled.lock().unwrap().get(&Self::key(ns, name)).copied()
+    }
+
+    pub fn wrote_scale(&self, ns: &str, name: &str, replicas: i32) {
+        self.scaled.lock().unwrap().insert(Self::key(ns, name), replicas);
+    }
+}
+
 /// Applies a Service unless the one in the cluster already carries the same content hash (asked
-/// of the watch cache first, of the API server when the cache does not say so).
-pub(crate) async fn ensure_service(client: &Client, applied: &Applied, svc: Service) -> Result<u32, WriteError> {
+/// of what this reconcile wrote, then of the watch cache, of the API server when neither says so).
+pub(crate) async fn ensure_service(client: &Client, applied: &Applied, written: &Written, svc: Service) -> Result<u32, WriteError> {
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
     let err = |e| WriteError::on("Service", &ns, &name)(e);
-    // Its annotations are all this reads of the Service, and nothing of the answer to the write.
-    let api: Api<Slim<Service>> = Api::namespaced(client.clone(), &ns);
+    // Its annotations and selector are all this reads of the Service.
+    let api: Api<SlimService> = Api::namespaced(client.clone(), &ns);
     let (svc, hash) = build::stamp(svc);
-    if applied.service_hash(&ns, &name).as_ref() == Some(&hash) {
-        return Ok(0);
-    }
-    if let Some(cur) = api.get_opt(&name).await.map_err(err)? {
-        if cur.annotations().get(build::APPLIED_HASH) == Some(&hash) {
-            return Ok(0);
+    let carries = |s: &SlimService| s.annotations().get(build::APPLIED_HASH) == Some(&hash);
+    match written.service(&ns, &name) {
+        // Written in this reconcile: that answer is the Service as it stands.
+        Some(w) if carries(&w) => return Ok(0),
+        Some(_) => {}
+        None => {
+            if applied.service_hash(&ns, &name).as_ref() == Some(&hash) {
+                return Ok(0);
+            }
+            if api.get_opt(&name).await.map_err(err)?.is_some_and(|cur| carries(&cur)) {
+                return Ok(0);
+            }
         }
     }
     let mut svc = svc;
     svc.metadata.managed_fields = None;
     let body = serde_json::json!({"apiVersion": "v1", "kind": "Service", "metadata": svc.metadata, "spec": svc.spec});
-    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await.map_err(err)?;
+    let answer = api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await.map_err(err)?;
+    written.wrote_service(&ns, &name, answer);
     Ok(1)
 }

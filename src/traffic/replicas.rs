@@ -2,13 +2,13 @@
 //! move it selects both versions and the ratio of Ready replicas splits the traffic; at 0% and
 //! 100% its selector pins one revision, so a rollback is one Service update, whatever the pods.
 
-use super::{ensure_service, Applied};
+use super::{ensure_service, Applied, Written};
 use crate::{
     api::{labels, LocallRelease},
-    controller::{build, cache::SlimService},
+    controller::build,
     engine::{names, traffic, Observed, StageDesired},
 };
-use kube::{api::Api, Client, ResourceExt};
+use kube::{Client, ResourceExt};
 use std::collections::BTreeMap;
 
 /// The Service's selector for the stage's target (pure).
@@ -32,15 +32,28 @@ pub fn selector(release: &str, stage: &StageDesired) -> Option<BTreeMap<String, 
     Some(sel)
 }
 
-pub async fn apply(client: &Client, applied: &Applied, lr: &LocallRelease, stage: &StageDesired) -> Result<u32, super::WriteError> {
+pub async fn apply(
+    client: &Client,
+    applied: &Applied,
+    written: &Written,
+    lr: &LocallRelease,
+    stage: &StageDesired,
+) -> Result<u32, super::WriteError> {
     let Some(sel) = selector(&lr.name_any(), stage) else { return Ok(0) };
-    ensure_service(client, applied, build::service(lr, stage, &names::entry_service(&stage.base(&lr.name_any())), sel)).await
+    ensure_service(client, applied, written, build::service(lr, stage, &names::entry_service(&stage.base(&lr.name_any())), sel)).await
 }
 
-/// The candidate's share: pinned selectors say 0 or 100; otherwise the ratio of Ready pods.
-pub async fn observe(client: &Client, lr: &LocallRelease, stage: &StageDesired, obs: &Observed) -> Result<Option<i32>, kube::Error> {
-    let api: Api<SlimService> = Api::namespaced(client.clone(), &stage.namespace);
-    let Some(svc) = api.get_opt(&names::entry_service(&stage.base(&lr.name_any()))).await? else { return Ok(None) };
+/// The candidate's share: pinned selectors say 0 or 100; otherwise the ratio of Ready pods. The
+/// Service is read from the API server, or from the answer to this reconcile's write of it.
+pub async fn observe(
+    client: &Client,
+    lr: &LocallRelease,
+    written: &Written,
+    stage: &StageDesired,
+    obs: &Observed,
+) -> Result<Option<i32>, kube::Error> {
+    let name = names::entry_service(&stage.base(&lr.name_any()));
+    let Some(svc) = written.read_service(client, &stage.namespace, &name).await? else { return Ok(None) };
     let sel = svc.spec.and_then(|s| s.selector).unwrap_or_default();
     Ok(Some(share(&lr.name_any(), stage, &sel, obs)))
 }
@@ -50,12 +63,13 @@ pub async fn observe(client: &Client, lr: &LocallRelease, stage: &StageDesired, 
 pub async fn routes_to(
     client: &Client,
     lr: &LocallRelease,
+    written: &Written,
     namespace: &str,
     component: Option<&str>,
     revision: &str,
 ) -> Result<bool, kube::Error> {
-    let api: Api<SlimService> = Api::namespaced(client.clone(), namespace);
-    let Some(svc) = api.get_opt(&names::entry_service(&names::base(&lr.name_any(), component))).await? else { return Ok(false) };
+    let name = names::entry_service(&names::base(&lr.name_any(), component));
+    let Some(svc) = written.read_service(client, namespace, &name).await? else { return Ok(false) };
     let sel = svc.spec.and_then(|s| s.selector).unwrap_or_default();
     Ok(sel.get(labels::REVISION).is_none_or(|r| r == revision))
 }

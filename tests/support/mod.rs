@@ -327,6 +327,27 @@ pub async fn scrape(metrics_addr: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// Requests the operator counted on their way to the API server (`locall_api_requests_total`),
+/// summed over `verbs` and, if given, one `resource` (`services`, `locallreleases/status`).
+pub async fn api_requests(metrics_addr: &str, verbs: &[&str], resource: Option<&str>) -> f64 {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let request = reqwest::Client::new().get(format!("http://{metrics_addr}/metrics")).bearer_auth(admin_token());
+    let body = match request.send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => return f64::NAN,
+    };
+    body.lines()
+        .filter_map(|l| l.strip_prefix("locall_api_requests_total{verb=\""))
+        .filter_map(|l| {
+            let (verb, rest) = l.split_once('"')?;
+            let (res, value) = rest.strip_prefix(",resource=\"")?.split_once("\"} ")?;
+            (verbs.contains(&verb) && resource.is_none_or(|r| r == res)).then(|| value.trim().parse::<f64>().ok())?
+        })
+        .sum::<f64>()
+        // An empty sum of f64 is -0.0, printed "-0": none of these requests made yet is 0.
+        + 0.0
+}
+
 /// The 5xx ratio of one version behind one Service, as the simulator exports it (a gate's query).
 pub const ERROR_RATIO: &str = r#"sum(rate(http_requests_total{namespace="{{namespace}}",service="{{service}}",version="{{version}}",code=~"5.."}[10s])) / sum(rate(http_requests_total{namespace="{{namespace}}",service="{{service}}",version="{{version}}"}[10s]))"#;
 
