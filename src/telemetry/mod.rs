@@ -296,6 +296,14 @@ pub fn init_tracing(format: &str) {
 
 #[cfg(test)]
 mod tests {
+    /// Each of `lines` is a line of what `m` encodes.
+    fn assert_encodes(m: &super::Metrics, lines: &[&str]) {
+        let text = m.encode();
+        for line in lines {
+            assert!(text.lines().any(|l| l == *line), "{line} in {text}");
+        }
+    }
+
     #[test]
     fn the_reviews_guarding_metrics_are_not_counted_as_writes() {
         let m = super::Metrics::default();
@@ -303,15 +311,15 @@ mod tests {
         m.api_request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews?timeout=10s");
         m.api_request("POST", "/apis/events.k8s.io/v1/namespaces/a/events");
         m.api_request("GET", "/api/v1/services?watch=true&resourceVersion=1");
-        let text = m.encode();
-        for line in [
-            "locall_api_requests_total{verb=\"review\",resource=\"tokenreviews\"} 1",
-            "locall_api_requests_total{verb=\"review\",resource=\"subjectaccessreviews\"} 1",
-            "locall_api_requests_total{verb=\"create\",resource=\"events\"} 1",
-            "locall_api_requests_total{verb=\"watch\",resource=\"services\"} 1",
-        ] {
-            assert!(text.lines().any(|l| l == line), "{line} in {text}");
-        }
+        assert_encodes(
+            &m,
+            &[
+                "locall_api_requests_total{verb=\"review\",resource=\"tokenreviews\"} 1",
+                "locall_api_requests_total{verb=\"review\",resource=\"subjectaccessreviews\"} 1",
+                "locall_api_requests_total{verb=\"create\",resource=\"events\"} 1",
+                "locall_api_requests_total{verb=\"watch\",resource=\"services\"} 1",
+            ],
+        );
     }
 
     #[test]
@@ -331,12 +339,12 @@ mod tests {
         let m = super::Metrics::default();
         m.api_request("GET", "/api/v1/namespaces/a/services?labelSelector=x");
         m.api_request("GET", "/api/v1/namespaces/a/services/x");
-        let text = m.encode();
-        for line in [
-            "locall_api_requests_total{verb=\"list\",resource=\"services\"} 1",
-            "locall_api_requests_total{verb=\"get\",resource=\"services\"} 1",
-        ] {
-            assert!(text.lines().any(|l| l == line), "{line} in {text}");
-        }
+        assert_encodes(
+            &m,
+            &[
+                "locall_api_requests_total{verb=\"list\",resource=\"services\"} 1",
+                "locall_api_requests_total{verb=\"get\",resource=\"services\"} 1",
+            ],
+        );
     }
 }

@@ -311,16 +311,18 @@ impl Receiver {
     }
 }
 
+/// An operator's /metrics text; None when it cannot be reached. It answers a token the API
+/// server authenticates for a user allowed to read it.
+async fn metrics_text(metrics_addr: &str) -> Option<String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let request = reqwest::Client::new().get(format!("http://{metrics_addr}/metrics")).bearer_auth(admin_token());
+    Some(request.send().await.ok()?.text().await.unwrap_or_default())
+}
+
 /// Sum of the samples of every series named `name` (any labels) on an operator's /metrics;
 /// NaN when it cannot be reached.
 pub async fn scrape(metrics_addr: &str, name: &str) -> f64 {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    // /metrics answers a token the API server authenticates for a user allowed to read it.
-    let request = reqwest::Client::new().get(format!("http://{metrics_addr}/metrics")).bearer_auth(admin_token());
-    let body = match request.send().await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => return f64::NAN,
-    };
+    let Some(body) = metrics_text(metrics_addr).await else { return f64::NAN };
     body.lines()
         .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -330,12 +332,7 @@ pub async fn scrape(metrics_addr: &str, name: &str) -> f64 {
 /// Requests the operator counted on their way to the API server (`locall_api_requests_total`),
 /// summed over `verbs` and, if given, one `resource` (`services`, `locallreleases/status`).
 pub async fn api_requests(metrics_addr: &str, verbs: &[&str], resource: Option<&str>) -> f64 {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let request = reqwest::Client::new().get(format!("http://{metrics_addr}/metrics")).bearer_auth(admin_token());
-    let body = match request.send().await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => return f64::NAN,
-    };
+    let Some(body) = metrics_text(metrics_addr).await else { return f64::NAN };
     body.lines()
         .filter_map(|l| l.strip_prefix("locall_api_requests_total{verb=\""))
         .filter_map(|l| {
