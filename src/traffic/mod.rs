@@ -132,11 +132,17 @@ impl Applied {
 /// again, and do not write again what they have just written (the watch caches lag a write by
 /// a few milliseconds). Made afresh for every reconcile; the next one reads the API server.
 #[derive(Default)]
-pub struct Written {
-    services: Mutex<HashMap<(String, String), SlimService>>,
-    routes: Mutex<HashMap<(String, String), DynamicObject>>,
-    deployments: Mutex<HashMap<(String, String), String>>,
-    scaled: Mutex<HashMap<(String, String), i32>>,
+pub struct Written(Mutex<Answers>);
+
+/// The answers one reconcile holds, by namespace and name.
+#[derive(Default)]
+struct Answers {
+    services: HashMap<(String, String), SlimService>,
+    routes: HashMap<(String, String), DynamicObject>,
+    /// The content hash of each Deployment applied.
+    deployments: HashMap<(String, String), String>,
+    /// The size given to each older version's Deployment.
+    scaled: HashMap<(String, String), i32>,
 }
 
 impl Written {
@@ -144,12 +150,17 @@ impl Written {
         (ns.to_string(), name.to_string())
     }
 
+    fn answers(&self) -> std::sync::MutexGuard<'_, Answers> {
+        // A panic elsewhere while the lock was held leaves nothing half-written in these maps.
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     pub(crate) fn service(&self, ns: &str, name: &str) -> Option<SlimService> {
-        self.services.lock().unwrap().get(&Self::key(ns, name)).cloned()
+        self.answers().services.get(&Self::key(ns, name)).cloned()
     }
 
     pub(crate) fn route(&self, ns: &str, name: &str) -> Option<DynamicObject> {
-        self.routes.lock().unwrap().get(&Self::key(ns, name)).cloned()
+        self.answers().routes.get(&Self::key(ns, name)).cloned()
     }
 
     /// The Service as this reconcile's write of it answered, or as the API server has it now.
@@ -169,29 +180,29 @@ impl Written {
     }
 
     fn wrote_service(&self, ns: &str, name: &str, answer: SlimService) {
-        self.services.lock().unwrap().insert(Self::key(ns, name), answer);
+        self.answers().services.insert(Self::key(ns, name), answer);
     }
 
     fn wrote_route(&self, ns: &str, name: &str, answer: DynamicObject) {
-        self.routes.lock().unwrap().insert(Self::key(ns, name), answer);
+        self.answers().routes.insert(Self::key(ns, name), answer);
     }
 
     /// The content hash of the Deployment this reconcile applied, if it did.
     pub fn deployment_hash(&self, ns: &str, name: &str) -> Option<String> {
-        self.deployments.lock().unwrap().get(&Self::key(ns, name)).cloned()
+        self.answers().deployments.get(&Self::key(ns, name)).cloned()
     }
 
     pub fn wrote_deployment(&self, ns: &str, name: &str, hash: &str) {
-        self.deployments.lock().unwrap().insert(Self::key(ns, name), hash.to_string());
+        self.answers().deployments.insert(Self::key(ns, name), hash.to_string());
     }
 
     /// The size this reconcile gave an older version's Deployment, if it did.
     pub fn scaled(&self, ns: &str, name: &str) -> Option<i32> {
-        self.scaled.lock().unwrap().get(&Self::key(ns, name)).copied()
+        self.answers().scaled.get(&Self::key(ns, name)).copied()
     }
 
     pub fn wrote_scale(&self, ns: &str, name: &str, replicas: i32) {
-        self.scaled.lock().unwrap().insert(Self::key(ns, name), replicas);
+        self.answers().scaled.insert(Self::key(ns, name), replicas);
     }
 }
 
