@@ -87,10 +87,11 @@ async fn an_operator_restarted_over_settled_releases_writes_nothing() {
 }
 
 /// One release, from nothing to Succeeded, with an operator of its own: its Deployment and its
-/// Service are each written once, and the Service is read at most once per reconcile plus once
-/// before it first exists. The pass that verifies traffic right after moving it reads the answer
-/// to the write, and does not write again what the watch caches have not seen yet (it used to:
-/// 7 reads of the Service over 5 reconciles, and sometimes a second Deployment apply).
+/// Service are each written once, and the Service is read from its watch cache, not the API
+/// server: at most twice (a cache not yet listed, or not yet showing the write). The pass that
+/// verifies traffic right after moving it reads the answer to the write, and does not write
+/// again what the watch caches have not seen yet (it used to: 7 reads of the Service over 5
+/// reconciles, and sometimes a second Deployment apply; then one read per reconcile).
 #[tokio::test]
 async fn a_release_writes_each_child_once_and_reads_back_nothing_it_just_wrote() {
     let client = client().await;
@@ -123,5 +124,6 @@ async fn a_release_writes_each_child_once_and_reads_back_nothing_it_just_wrote()
     assert_eq!(requests(&["patch", "create", "update"], "deployments").await, 1.0, "Deployment writes");
     assert_eq!(requests(&["patch", "create", "update"], "services").await, 1.0, "Service writes");
     let reads = requests(&["get"], "services").await;
-    assert!(reads >= 1.0 && reads <= reconciles + 1.0, "{reads} reads of the Service over {reconciles} reconciles");
+    assert!(reconciles >= 3.0, "{reconciles} reconciles");
+    assert!(reads <= 2.0, "{reads} reads of the Service over {reconciles} reconciles");
 }

@@ -113,7 +113,7 @@ async fn remove_stale_services(ctx: &Context, lr: &LocallRelease, d: &Decision) 
 async fn apply_traffic(ctx: &Context, lr: &LocallRelease, d: &Decision, router: Router, written: &Written) -> Result<u32, Error> {
     let mut writes = 0;
     for stage in &d.desired.stages {
-        writes += router.apply(&ctx.client, &ctx.applied, written, lr, stage).await?;
+        writes += router.apply(&ctx.client, written, lr, stage).await?;
     }
     ctx.metrics.writes.inc_by(writes as u64);
     Ok(writes)

@@ -15,7 +15,7 @@ use crate::{
     telemetry::Metrics,
     traffic::{Router, Written, MANAGER},
 };
-use cache::{CachedRelease, SlimDeployment};
+use cache::{CachedRelease, SlimDeployment, SlimService};
 use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::Job;
@@ -356,17 +356,22 @@ async fn watch_namespaces(
     store
 }
 
-/// Metadata-only watch caches of the operator's Services and HTTPRoutes, kept up to date in the
-/// background. A cluster without the HTTPRoute CRD just leaves that cache empty (and the
-/// Gateway router, unused there, would ask the API server).
+/// Watch caches of the operator's Services (metadata and selector) and HTTPRoutes (metadata),
+/// kept up to date in the background. A cluster without the HTTPRoute CRD just leaves that cache
+/// empty (and the Gateway router, unused there, would ask the API server).
 fn watch_applied(client: &Client, selector: &watcher::Config, sc: &scope::Scope) -> crate::traffic::Applied {
-    use k8s_openapi::api::core::v1::Service;
     use kube::api::{DynamicObject, PartialObjectMeta};
-    let (services, svc_writer) = reflector::store::<PartialObjectMeta<Service>>();
+    let (services, svc_writer) = reflector::store::<SlimService>();
     let c = client.clone();
-    let apis = sc.apis(|| Api::<PartialObjectMeta<Service>>::all(c.clone()), |ns| Api::namespaced(c.clone(), ns));
-    let svc_stream =
-        scope::watch(apis, selector.clone(), WatchBackoff::default).modify(|m| m.managed_fields_mut().clear()).reflect(svc_writer);
+    let apis = sc.apis(|| Api::<SlimService>::all(c.clone()), |ns| Api::namespaced(c.clone(), ns));
+    let svc_stream = scope::watch(apis, selector.clone(), WatchBackoff::default).reflect(svc_writer);
+    let services_listed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (store, listed) = (services.clone(), services_listed.clone());
+    tokio::spawn(async move {
+        if store.wait_until_ready().await.is_ok() {
+            listed.store(true, std::sync::atomic::Ordering::Release);
+        }
+    });
     let ar = crate::traffic::gateway::httproute_resource();
     let route_writer = reflector::store::Writer::<PartialObjectMeta<DynamicObject>>::new(ar.clone());
     let routes = route_writer.as_reader();
@@ -375,7 +380,7 @@ fn watch_applied(client: &Client, selector: &watcher::Config, sc: &scope::Scope)
         scope::watch(apis, selector.clone(), WatchBackoff::default).modify(|m| m.managed_fields_mut().clear()).reflect(route_writer);
     tokio::spawn(svc_stream.for_each(|r| async move {
         if let Err(e) = r {
-            tracing::debug!(error = %e, "Service metadata watch");
+            tracing::debug!(error = %e, "Service watch");
         }
     }));
     tokio::spawn(route_stream.for_each(|r| async move {
@@ -383,7 +388,7 @@ fn watch_applied(client: &Client, selector: &watcher::Config, sc: &scope::Scope)
             tracing::debug!(error = %e, "HTTPRoute metadata watch");
         }
     }));
-    crate::traffic::Applied { services: Some(services), routes: Some(routes) }
+    crate::traffic::Applied::new(services, routes, services_listed)
 }
 
 /// What makes a release worth reconciling again: its spec (generation), labels, annotations
@@ -623,7 +628,7 @@ async fn advance(
     let mut status = original.clone();
     let mut refused: Option<engine::Refusal> = None;
     let mut refusals = 0;
-    let written = Written::default();
+    let written = Written::over(ctx.applied.clone());
     for pass in 1.. {
         let mut obs = match observe(ctx, lr, &status, router, &written).await {
             Ok(obs) => obs,

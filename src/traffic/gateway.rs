@@ -7,7 +7,7 @@
 //! changes only its own rule (named [`RULE`]), leaving every other rule, and every field of its
 //! own rule but `backendRefs`, as it finds them, guarded by the resourceVersion it read.
 
-use super::{ensure_service, Applied, WriteError, Written, MANAGER};
+use super::{ensure_service, WriteError, Written, MANAGER};
 use crate::{
     api::{labels, LocallRelease},
     controller::build,
@@ -103,13 +103,7 @@ pub fn merged_rules(current: &serde_json::Value, ours: &serde_json::Value, relea
     serde_json::Value::Array(rules)
 }
 
-pub async fn apply(
-    client: &Client,
-    applied: &Applied,
-    written: &Written,
-    lr: &LocallRelease,
-    stage: &StageDesired,
-) -> Result<u32, WriteError> {
+pub async fn apply(client: &Client, written: &Written, lr: &LocallRelease, stage: &StageDesired) -> Result<u32, WriteError> {
     let Some(t) = &stage.traffic else { return Ok(0) };
     let release = stage.base(&lr.name_any());
     let mut writes = 0;
@@ -118,7 +112,7 @@ pub async fn apply(
         selector.insert(labels::REVISION.to_string(), rev.clone());
         let mut svc = build::service(lr, stage, &names::revision_service(&release, rev), selector);
         svc.metadata.labels.get_or_insert_with(Default::default).insert(labels::REVISION.into(), rev.clone());
-        writes += ensure_service(client, applied, written, svc).await?;
+        writes += ensure_service(client, written, svc).await?;
     }
     let mut body = route(lr, stage);
     let hash = build::content_hash(&body);
@@ -131,7 +125,7 @@ pub async fn apply(
     let cur = match written.route(&stage.namespace, &name) {
         Some(cur) => cur,
         None => {
-            if applied.route_hash(&stage.namespace, &name).as_ref() == Some(&hash) {
+            if written.applied.route_hash(&stage.namespace, &name).as_ref() == Some(&hash) {
                 return Ok(writes);
             }
             let Some(cur) = api.get_opt(&name).await.map_err(err)? else {

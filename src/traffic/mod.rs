@@ -17,7 +17,13 @@ use kube::{
     runtime::reflector::{ObjectRef, Store},
     Client, ResourceExt,
 };
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+};
 
 /// The field manager of every write the operator makes.
 pub const MANAGER: &str = "locall-operator";
@@ -56,17 +62,10 @@ impl Router {
     }
 
     /// Makes the stage's routing match its target. Returns the number of writes made.
-    pub async fn apply(
-        self,
-        client: &Client,
-        applied: &Applied,
-        written: &Written,
-        lr: &LocallRelease,
-        stage: &StageDesired,
-    ) -> Result<u32, WriteError> {
+    pub async fn apply(self, client: &Client, written: &Written, lr: &LocallRelease, stage: &StageDesired) -> Result<u32, WriteError> {
         match self {
-            Router::Gateway => gateway::apply(client, applied, written, lr, stage).await,
-            Router::ReplicaRatio => replicas::apply(client, applied, written, lr, stage).await,
+            Router::Gateway => gateway::apply(client, written, lr, stage).await,
+            Router::ReplicaRatio => replicas::apply(client, written, lr, stage).await,
         }
     }
 
@@ -87,9 +86,9 @@ impl Router {
 }
 
 impl Router {
-    /// Whether the stage router in `namespace`, read from the API server (or from the answer to
-    /// this reconcile's write of it), still sends any traffic to `revision`: a Deployment is
-    /// deleted only once this says no.
+    /// Whether the stage router in `namespace`, read from the answer to this reconcile's write of
+    /// it, a watch cache that can be believed ([`Applied`]) or the API server, still sends any
+    /// traffic to `revision`: a Deployment is deleted only once this says no.
     pub async fn routes_to(
         self,
         client: &Client,
@@ -106,18 +105,60 @@ impl Router {
     }
 }
 
-/// Watch caches of the metadata of the Services and HTTPRoutes the operator applied: what
-/// content hash each carries, so an unchanged object costs no request at all.
+/// resourceVersions by namespace and name; None: absent.
+type Versions = HashMap<(String, String), Option<String>>;
+
+/// Watch caches of the Services (their selectors) and of the HTTPRoutes' metadata the operator
+/// applied: what content hash each carries, so an unchanged object costs no request at all, and
+/// what a Service selects, so reading the traffic back costs none either.
+///
+/// A cache lags the API server by milliseconds, and the next reconcile may come sooner than the
+/// echo of this one's write: a Service's cached copy is believed only once it shows the latest
+/// state of that Service this process learnt from the API server (the answer to its write, or
+/// to a read), and a Service the cache lacks is believed absent only once the cache has listed.
+/// Otherwise the API server is asked, as before.
 #[derive(Clone, Default)]
 pub struct Applied {
-    pub services: Option<Store<PartialObjectMeta<Service>>>,
+    pub services: Option<Store<SlimService>>,
     pub routes: Option<Store<PartialObjectMeta<DynamicObject>>>,
+    /// Set once the Service cache has listed.
+    pub services_listed: Arc<AtomicBool>,
+    /// Services whose latest state, as this process learnt it from the API server, their cache
+    /// has not shown yet: the resourceVersion, or None for a Service found absent.
+    learnt: Arc<Mutex<Versions>>,
 }
 
 impl Applied {
-    fn service_hash(&self, ns: &str, name: &str) -> Option<String> {
-        let meta = self.services.as_ref()?.get(&ObjectRef::new(name).within(ns))?;
-        meta.annotations().get(build::APPLIED_HASH).cloned()
+    pub fn new(services: Store<SlimService>, routes: Store<PartialObjectMeta<DynamicObject>>, services_listed: Arc<AtomicBool>) -> Self {
+        Applied { services: Some(services), routes: Some(routes), services_listed, learnt: Default::default() }
+    }
+
+    /// The Service as its cache has it, when the cache can be believed: `Some(None)` is a
+    /// Service that does not exist; None means ask the API server.
+    fn cached_service(&self, ns: &str, name: &str) -> Option<Option<SlimService>> {
+        let store = self.services.as_ref()?;
+        let cached = store.get(&ObjectRef::new(name).within(ns));
+        if cached.is_none() && !self.services_listed.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut learnt = self.learnt.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !learnt.is_empty() {
+            let key = (ns.to_string(), name.to_string());
+            if let Some(version) = learnt.get(&key) {
+                if cached.as_ref().and_then(|s| s.metadata.resource_version.as_ref()) != version.as_ref() {
+                    return None;
+                }
+                // Caught up: from here on the cache is at least as new as what was learnt.
+                learnt.remove(&key);
+            }
+        }
+        Some(cached.map(|s| (*s).clone()))
+    }
+
+    /// The Service as the API server just answered (None: it does not exist).
+    fn learnt_service(&self, ns: &str, name: &str, svc: Option<&SlimService>) {
+        let version = svc.and_then(|s| s.metadata.resource_version.clone());
+        self.learnt.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert((ns.to_string(), name.to_string()), version);
     }
 
     fn route_hash(&self, ns: &str, name: &str) -> Option<String> {
@@ -130,9 +171,13 @@ impl Applied {
 /// What one reconcile wrote, as the API server answered each write: the answer is the object
 /// as stored, so the reconcile's later passes read a router back from it instead of asking
 /// again, and do not write again what they have just written (the watch caches lag a write by
-/// a few milliseconds). Made afresh for every reconcile; the next one reads the API server.
+/// a few milliseconds). Made afresh for every reconcile, over the watch caches ([`Applied`]) it
+/// reads what it did not write from.
 #[derive(Default)]
-pub struct Written(Mutex<Answers>);
+pub struct Written {
+    answers: Mutex<Answers>,
+    pub(crate) applied: Applied,
+}
 
 /// The answers one reconcile holds, by namespace and name.
 #[derive(Default)]
@@ -146,13 +191,17 @@ struct Answers {
 }
 
 impl Written {
+    pub fn over(applied: Applied) -> Self {
+        Written { answers: Default::default(), applied }
+    }
+
     fn key(ns: &str, name: &str) -> (String, String) {
         (ns.to_string(), name.to_string())
     }
 
     fn answers(&self) -> std::sync::MutexGuard<'_, Answers> {
         // A panic elsewhere while the lock was held leaves nothing half-written in these maps.
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.answers.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(crate) fn service(&self, ns: &str, name: &str) -> Option<SlimService> {
@@ -163,12 +212,18 @@ impl Written {
         self.answers().routes.get(&Self::key(ns, name)).cloned()
     }
 
-    /// The Service as this reconcile's write of it answered, or as the API server has it now.
+    /// The Service as this reconcile's write of it answered, or as its cache has it (when it can
+    /// be believed), or as the API server has it now.
     pub(crate) async fn read_service(&self, client: &Client, ns: &str, name: &str) -> Result<Option<SlimService>, kube::Error> {
-        match self.service(ns, name) {
-            Some(svc) => Ok(Some(svc)),
-            None => Api::<SlimService>::namespaced(client.clone(), ns).get_opt(name).await,
+        if let Some(svc) = self.service(ns, name) {
+            return Ok(Some(svc));
         }
+        if let Some(cached) = self.applied.cached_service(ns, name) {
+            return Ok(cached);
+        }
+        let svc = Api::<SlimService>::namespaced(client.clone(), ns).get_opt(name).await?;
+        self.applied.learnt_service(ns, name, svc.as_ref());
+        Ok(svc)
     }
 
     /// The HTTPRoute as this reconcile's write of it answered, or as the API server has it now.
@@ -180,6 +235,7 @@ impl Written {
     }
 
     fn wrote_service(&self, ns: &str, name: &str, answer: SlimService) {
+        self.applied.learnt_service(ns, name, Some(&answer));
         self.answers().services.insert(Self::key(ns, name), answer);
     }
 
@@ -207,8 +263,9 @@ impl Written {
 }
 
 /// Applies a Service unless the one in the cluster already carries the same content hash (asked
-/// of what this reconcile wrote, then of the watch cache, of the API server when neither says so).
-pub(crate) async fn ensure_service(client: &Client, applied: &Applied, written: &Written, svc: Service) -> Result<u32, WriteError> {
+/// of what this reconcile wrote, then of the watch cache, of the API server when the cache
+/// cannot be believed).
+pub(crate) async fn ensure_service(client: &Client, written: &Written, svc: Service) -> Result<u32, WriteError> {
     let ns = svc.namespace().unwrap_or_default();
     let name = svc.name_any();
     let err = |e| WriteError::on("Service", &ns, &name)(e);
@@ -221,10 +278,15 @@ pub(crate) async fn ensure_service(client: &Client, applied: &Applied, written: 
         Some(w) if carries(&w) => return Ok(0),
         Some(_) => {}
         None => {
-            if applied.service_hash(&ns, &name).as_ref() == Some(&hash) {
-                return Ok(0);
-            }
-            if api.get_opt(&name).await.map_err(err)?.is_some_and(|cur| carries(&cur)) {
+            let current = match written.applied.cached_service(&ns, &name) {
+                Some(cached) => cached,
+                None => {
+                    let current = api.get_opt(&name).await.map_err(err)?;
+                    written.applied.learnt_service(&ns, &name, current.as_ref());
+                    current
+                }
+            };
+            if current.is_some_and(|cur| carries(&cur)) {
                 return Ok(0);
             }
         }
@@ -235,4 +297,61 @@ pub(crate) async fn ensure_service(client: &Client, applied: &Applied, written: 
     let answer = api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await.map_err(err)?;
     written.wrote_service(&ns, &name, answer);
     Ok(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::{reflector, watcher::Event};
+
+    fn service(version: &str, revision: &str) -> SlimService {
+        let mut svc = SlimService::default();
+        svc.metadata.name = Some("app".into());
+        svc.metadata.namespace = Some("prod".into());
+        svc.metadata.resource_version = Some(version.into());
+        svc.spec = Some(crate::controller::cache::SlimServiceSpec {
+            selector: Some([(crate::api::labels::REVISION.to_string(), revision.to_string())].into()),
+        });
+        svc
+    }
+
+    fn applied() -> (Applied, reflector::store::Writer<SlimService>) {
+        let (services, writer) = reflector::store::<SlimService>();
+        let routes = reflector::store::Writer::<PartialObjectMeta<DynamicObject>>::new(gateway::httproute_resource()).as_reader();
+        (Applied::new(services, routes, Default::default()), writer)
+    }
+
+    fn revision(svc: Option<SlimService>) -> Option<String> {
+        svc?.spec?.selector?.get(crate::api::labels::REVISION).cloned()
+    }
+
+    #[test]
+    fn a_service_the_cache_lacks_is_absent_only_once_the_cache_has_listed() {
+        let (applied, _writer) = applied();
+        assert!(applied.cached_service("prod", "app").is_none(), "asks the API server");
+        applied.services_listed.store(true, Ordering::Release);
+        assert_eq!(applied.cached_service("prod", "app").map(revision), Some(None));
+    }
+
+    #[test]
+    fn the_cache_is_not_read_until_it_shows_what_this_process_wrote_or_read() {
+        let (applied, mut writer) = applied();
+        applied.services_listed.store(true, Ordering::Release);
+        writer.apply_watcher_event(&Event::Apply(service("7", "old")));
+        assert_eq!(applied.cached_service("prod", "app").map(revision), Some(Some("old".into())));
+        // Our write answered with version 8; its echo is still on the way.
+        applied.learnt_service("prod", "app", Some(&service("8", "new")));
+        assert!(applied.cached_service("prod", "app").is_none(), "a cache behind the write would say the old selector");
+        writer.apply_watcher_event(&Event::Apply(service("8", "new")));
+        assert_eq!(applied.cached_service("prod", "app").map(revision), Some(Some("new".into())));
+        // Caught up once: later changes by anyone come through the cache.
+        writer.apply_watcher_event(&Event::Apply(service("9", "edited")));
+        assert_eq!(applied.cached_service("prod", "app").map(revision), Some(Some("edited".into())));
+        // Read as deleted from the API server, still in the cache: not believed until it goes.
+        applied.learnt_service("prod", "app", None);
+        assert!(applied.cached_service("prod", "app").is_none());
+        writer.apply_watcher_event(&Event::Delete(service("9", "edited")));
+        assert_eq!(applied.cached_service("prod", "app").map(revision), Some(None));
+        assert!(applied.learnt.lock().unwrap().is_empty(), "nothing kept once the cache caught up");
+    }
 }

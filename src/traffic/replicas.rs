@@ -2,7 +2,7 @@
 //! move it selects both versions and the ratio of Ready replicas splits the traffic; at 0% and
 //! 100% its selector pins one revision, so a rollback is one Service update, whatever the pods.
 
-use super::{ensure_service, Applied, Written};
+use super::{ensure_service, Written};
 use crate::{
     api::{labels, LocallRelease},
     controller::build,
@@ -32,19 +32,13 @@ pub fn selector(release: &str, stage: &StageDesired) -> Option<BTreeMap<String, 
     Some(sel)
 }
 
-pub async fn apply(
-    client: &Client,
-    applied: &Applied,
-    written: &Written,
-    lr: &LocallRelease,
-    stage: &StageDesired,
-) -> Result<u32, super::WriteError> {
+pub async fn apply(client: &Client, written: &Written, lr: &LocallRelease, stage: &StageDesired) -> Result<u32, super::WriteError> {
     let Some(sel) = selector(&lr.name_any(), stage) else { return Ok(0) };
-    ensure_service(client, applied, written, build::service(lr, stage, &names::entry_service(&stage.base(&lr.name_any())), sel)).await
+    ensure_service(client, written, build::service(lr, stage, &names::entry_service(&stage.base(&lr.name_any())), sel)).await
 }
 
 /// The candidate's share: pinned selectors say 0 or 100; otherwise the ratio of Ready pods. The
-/// Service is read from the API server, or from the answer to this reconcile's write of it.
+/// Service is read as [`Written::read_service`] reads it.
 pub async fn observe(
     client: &Client,
     lr: &LocallRelease,
