@@ -387,6 +387,16 @@ async fn main() {
             sampler.take_peak();
             let started = Instant::now();
             let (_, cpu0) = proc_stats(child.id());
+            // Where the CPU goes: the operator's reconciles and requests while these objects settle.
+            let all_requests = |addr: String| async move {
+                let verbs = ["get", "list", "create", "patch", "update", "delete"];
+                (scrape(&addr, "controller_runtime_reconcile_total").await, api_requests(&addr, &verbs, None).await)
+            };
+            let counted0 = match (kind, metrics.clone()) {
+                (Kind::Locall, Some(addr)) => Some(all_requests(addr).await),
+                _ => None,
+            };
+            let fresh = (n - created).max(1) as f64;
             stream::iter(created..n)
                 .for_each_concurrent(32, |i| {
                     let client = client.clone();
@@ -434,6 +444,13 @@ async fn main() {
             results.insert(format!("{k}_peak_rss_mib_{n}"), peak.into());
             results.insert(format!("{k}_cpu_s_{n}"), (cpu1 - cpu0).into());
             results.insert(format!("{k}_all_done_s_{n}"), all_done.into());
+            if let (Some((r0, q0)), Some(addr)) = (counted0, metrics.clone()) {
+                let (r1, q1) = all_requests(addr).await;
+                let (reconciles, requests) = (r1 - r0, q1 - q0);
+                println!("locall {n}: {:.2} reconciles and {:.2} API requests per new release", reconciles / fresh, requests / fresh);
+                results.insert(format!("locall_reconciles_per_release_{n}"), (reconciles / fresh).into());
+                results.insert(format!("locall_requests_per_release_{n}"), (requests / fresh).into());
+            }
 
             // Reconcile-to-act: a change until the new child exists, through the one watch.
             let mut lat = vec![];
