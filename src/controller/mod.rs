@@ -363,18 +363,19 @@ fn watch_applied(client: &Client, selector: &watcher::Config, sc: &scope::Scope)
     use kube::api::{DynamicObject, PartialObjectMeta};
     let (services, svc_writer) = reflector::store::<SlimService>();
     let c = client.clone();
+    let ar = crate::traffic::gateway::httproute_resource();
+    let route_writer = reflector::store::Writer::<PartialObjectMeta<DynamicObject>>::new(ar.clone());
+    let applied = crate::traffic::Applied::new(services.clone(), route_writer.as_reader(), Default::default());
     let apis = sc.apis(|| Api::<SlimService>::all(c.clone()), |ns| Api::namespaced(c.clone(), ns));
-    let svc_stream = scope::watch(apis, selector.clone(), WatchBackoff::default).reflect(svc_writer);
-    let services_listed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (store, listed) = (services.clone(), services_listed.clone());
+    // Once the cache holds what was learnt of a Service, that memory is let go.
+    let a = applied.clone();
+    let svc_stream = scope::watch(apis, selector.clone(), WatchBackoff::default).reflect(svc_writer).inspect_ok(move |e| a.caught_up(e));
+    let listed = applied.services_listed.clone();
     tokio::spawn(async move {
-        if store.wait_until_ready().await.is_ok() {
+        if services.wait_until_ready().await.is_ok() {
             listed.store(true, std::sync::atomic::Ordering::Release);
         }
     });
-    let ar = crate::traffic::gateway::httproute_resource();
-    let route_writer = reflector::store::Writer::<PartialObjectMeta<DynamicObject>>::new(ar.clone());
-    let routes = route_writer.as_reader();
     let apis = sc.apis(|| Api::<PartialObjectMeta<DynamicObject>>::all_with(c.clone(), &ar), |ns| Api::namespaced_with(c.clone(), ns, &ar));
     let route_stream =
         scope::watch(apis, selector.clone(), WatchBackoff::default).modify(|m| m.managed_fields_mut().clear()).reflect(route_writer);
@@ -388,7 +389,7 @@ fn watch_applied(client: &Client, selector: &watcher::Config, sc: &scope::Scope)
             tracing::debug!(error = %e, "HTTPRoute metadata watch");
         }
     }));
-    crate::traffic::Applied::new(services, routes, services_listed)
+    applied
 }
 
 /// What makes a release worth reconciling again: its spec (generation), labels, annotations

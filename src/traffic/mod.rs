@@ -14,7 +14,10 @@ use crate::{
 use k8s_openapi::api::core::v1::Service;
 use kube::{
     api::{Api, DynamicObject, PartialObjectMeta, Patch, PatchParams},
-    runtime::reflector::{ObjectRef, Store},
+    runtime::{
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
     Client, ResourceExt,
 };
 use std::{
@@ -159,6 +162,26 @@ impl Applied {
     fn learnt_service(&self, ns: &str, name: &str, svc: Option<&SlimService>) {
         let version = svc.and_then(|s| s.metadata.resource_version.clone());
         self.learnt.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert((ns.to_string(), name.to_string()), version);
+    }
+
+    /// Called with each Service watch event once the cache holds it: what was learnt of that
+    /// Service is forgotten when the cache now shows it (a Service written and then no longer
+    /// read would otherwise be remembered for the life of the process).
+    pub fn caught_up(&self, event: &watcher::Event<SlimService>) {
+        let (svc, version) = match event {
+            watcher::Event::Apply(svc) => (svc, svc.metadata.resource_version.as_ref()),
+            watcher::Event::Delete(svc) => (svc, None),
+            // A relist's objects reach the cache only at its end: read time catches those up.
+            _ => return,
+        };
+        let mut learnt = self.learnt.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if learnt.is_empty() {
+            return;
+        }
+        let key = (svc.metadata.namespace.clone().unwrap_or_default(), svc.metadata.name.clone().unwrap_or_default());
+        if learnt.get(&key).is_some_and(|v| v.as_ref() == version) {
+            learnt.remove(&key);
+        }
     }
 
     fn route_hash(&self, ns: &str, name: &str) -> Option<String> {
@@ -353,5 +376,25 @@ mod tests {
         writer.apply_watcher_event(&Event::Delete(service("9", "edited")));
         assert_eq!(applied.cached_service("prod", "app").map(revision), Some(None));
         assert!(applied.learnt.lock().unwrap().is_empty(), "nothing kept once the cache caught up");
+    }
+
+    #[test]
+    fn what_was_learnt_of_a_service_is_let_go_once_its_watch_delivers_it() {
+        let (applied, mut writer) = applied();
+        // Written, then never read again (the release ended in the same reconcile).
+        applied.learnt_service("prod", "app", Some(&service("8", "new")));
+        let echo = Event::Apply(service("7", "old"));
+        writer.apply_watcher_event(&echo);
+        applied.caught_up(&echo);
+        assert_eq!(applied.learnt.lock().unwrap().len(), 1, "an older version does not catch up");
+        let echo = Event::Apply(service("8", "new"));
+        writer.apply_watcher_event(&echo);
+        applied.caught_up(&echo);
+        assert!(applied.learnt.lock().unwrap().is_empty());
+        applied.learnt_service("prod", "app", None);
+        let gone = Event::Delete(service("8", "new"));
+        writer.apply_watcher_event(&gone);
+        applied.caught_up(&gone);
+        assert!(applied.learnt.lock().unwrap().is_empty());
     }
 }
