@@ -1,15 +1,15 @@
 //! `cargo bench --bench footprint`: heap bytes this operator holds per release, measured with a
 //! counting allocator, for each thing it keeps per release: the cached LocallRelease (the
 //! scale bench's one-stage release, Succeeded, as the watch delivers it without managedFields),
-//! the slimmed Deployment (each beside the typed object it replaces), the Service metadata, the per-release metric series. No cluster: the
+//! the slimmed Deployment (each beside the typed object it replaces), the Service (metadata and
+//! selector), the per-release metric series. No cluster: the
 //! objects are built here as the API server would send them, the status by the engine itself
 //! (`plan`). Prints a table and writes target/bench/footprint.json.
 
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Service};
-use kube::api::PartialObjectMeta;
+use k8s_openapi::api::apps::v1::Deployment;
 use locall_operator::{
     api::LocallRelease,
-    controller::cache::{CachedRelease, SlimDeployment},
+    controller::cache::{CachedRelease, SlimDeployment, SlimService},
     plan::{plan, Options},
     telemetry::Metrics,
 };
@@ -109,12 +109,16 @@ fn main() {
         per_item(|i| Arc::new(serde_json::from_value::<SlimDeployment>(dep_json(i)).unwrap())),
     ));
     rows.push(("  the same Deployment typed (k8s-openapi)", per_item(|i| Arc::new(dep(i)))));
-    let svc = |i: usize| -> PartialObjectMeta<Service> {
+    let svc = |i: usize| -> SlimService {
         let mut m = meta(&format!("bench-{}", i % 10), &format!("r{i:05}"), i);
         m["labels"] = json!({"locall.io/release": format!("bench-{}.r{i:05}", i % 10), "app.kubernetes.io/managed-by": "locall-operator"});
-        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Service", "metadata": m})).unwrap()
+        m["annotations"] = json!({"locall.io/applied-hash": "0123456789abcdef"});
+        let selector = json!({"app.kubernetes.io/name": format!("r{i:05}"), "locall.io/revision": "abc12345"});
+        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Service", "metadata": m,
+            "spec": {"selector": selector, "ports": [{"port": 80, "targetPort": 8080}], "type": "ClusterIP"}}))
+        .unwrap()
     };
-    rows.push(("Service metadata, as cached", per_item(|i| Arc::new(svc(i)))));
+    rows.push(("Service as cached (SlimService: metadata, selector)", per_item(|i| Arc::new(svc(i)))));
 
     let metrics = Metrics::default();
     let before = HELD.load(Ordering::Relaxed);

@@ -369,7 +369,10 @@ fn watch_applied(client: &Client, selector: &watcher::Config, sc: &scope::Scope)
     let apis = sc.apis(|| Api::<SlimService>::all(c.clone()), |ns| Api::namespaced(c.clone(), ns));
     // Once the cache holds what was learnt of a Service, that memory is let go.
     let a = applied.clone();
-    let svc_stream = scope::watch(apis, selector.clone(), WatchBackoff::default).reflect(svc_writer).inspect_ok(move |e| a.caught_up(e));
+    let svc_stream = scope::watch(apis, selector.clone(), WatchBackoff::default)
+        .modify(slim_service)
+        .reflect(svc_writer)
+        .inspect_ok(move |e| a.caught_up(e));
     let listed = applied.services_listed.clone();
     tokio::spawn(async move {
         if services.wait_until_ready().await.is_ok() {
@@ -412,19 +415,36 @@ fn release_trigger(lr: &CachedRelease) -> Option<u64> {
 fn slim_deployment(d: &mut SlimDeployment) {
     use crate::api::labels::{COMPONENT, RELEASE, REVISION};
     let m = std::mem::take(&mut d.metadata);
-    let keep = |map: Option<std::collections::BTreeMap<String, String>>, keys: &[&str]| {
-        map.map(|m| m.into_iter().filter(|(k, _)| keys.contains(&k.as_str())).collect())
-    };
     d.metadata = kube::api::ObjectMeta {
         name: m.name,
         namespace: m.namespace,
         uid: m.uid,
         generation: m.generation,
         // The component too: which route to read back before a stale one is deleted.
-        labels: keep(m.labels, &[RELEASE, REVISION, COMPONENT]),
-        annotations: keep(m.annotations, &[build::APPLIED_HASH]),
+        labels: kept(m.labels, &[RELEASE, REVISION, COMPONENT]),
+        annotations: kept(m.annotations, &[build::APPLIED_HASH]),
         ..Default::default()
     };
+}
+
+/// Keeps of a Service's metadata what traffic and cleanup read: name, namespace, the
+/// resourceVersion (is the cache as new as the last write?), the release label and the applied
+/// hash (its spec is already only the selector: [`SlimService`]).
+fn slim_service(s: &mut SlimService) {
+    let m = std::mem::take(&mut s.metadata);
+    s.metadata = kube::api::ObjectMeta {
+        name: m.name,
+        namespace: m.namespace,
+        resource_version: m.resource_version,
+        labels: kept(m.labels, &[crate::api::labels::RELEASE]),
+        annotations: kept(m.annotations, &[build::APPLIED_HASH]),
+        ..Default::default()
+    };
+}
+
+/// The entries of `map` under `keys`.
+fn kept(map: Option<std::collections::BTreeMap<String, String>>, keys: &[&str]) -> Option<std::collections::BTreeMap<String, String>> {
+    map.map(|m| m.into_iter().filter(|(k, _)| keys.contains(&k.as_str())).collect())
 }
 
 /// Whether the deployment controller has answered the Deployment's latest spec: until it has,
