@@ -114,9 +114,11 @@ fn main() {
         m["labels"] = json!({"locall.io/release": format!("bench-{}.r{i:05}", i % 10), "app.kubernetes.io/managed-by": "locall-operator"});
         m["annotations"] = json!({"locall.io/applied-hash": "0123456789abcdef"});
         let selector = json!({"app.kubernetes.io/name": format!("r{i:05}"), "locall.io/revision": "abc12345"});
-        serde_json::from_value(json!({"apiVersion": "v1", "kind": "Service", "metadata": m,
+        let mut svc: SlimService = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Service", "metadata": m,
             "spec": {"selector": selector, "ports": [{"port": 80, "targetPort": 8080}], "type": "ClusterIP"}}))
-        .unwrap()
+        .unwrap();
+        svc.slim();
+        svc
     };
     rows.push(("Service as cached (SlimService: metadata, selector)", per_item(|i| Arc::new(svc(i)))));
 

@@ -230,6 +230,23 @@ pub struct SlimService {
     pub spec: Option<SlimServiceSpec>,
 }
 
+impl SlimService {
+    /// Keeps of the metadata what traffic and cleanup read: name, namespace, the resourceVersion
+    /// (is the cache as new as the last write?), the release label and the applied hash; the
+    /// watch cache holds Services slimmed so.
+    pub fn slim(&mut self) {
+        let m = std::mem::take(&mut self.metadata);
+        self.metadata = ObjectMeta {
+            name: m.name,
+            namespace: m.namespace,
+            resource_version: m.resource_version,
+            labels: super::kept(m.labels, &[crate::api::labels::RELEASE]),
+            annotations: super::kept(m.annotations, &[super::build::APPLIED_HASH]),
+            ..Default::default()
+        };
+    }
+}
+
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct SlimServiceSpec {
     #[serde(default)]

@@ -370,7 +370,7 @@ fn watch_applied(client: &Client, selector: &watcher::Config, sc: &scope::Scope)
     // Once the cache holds what was learnt of a Service, that memory is let go.
     let a = applied.clone();
     let svc_stream = scope::watch(apis, selector.clone(), WatchBackoff::default)
-        .modify(slim_service)
+        .modify(SlimService::slim)
         .reflect(svc_writer)
         .inspect_ok(move |e| a.caught_up(e));
     let listed = applied.services_listed.clone();
@@ -427,23 +427,11 @@ fn slim_deployment(d: &mut SlimDeployment) {
     };
 }
 
-/// Keeps of a Service's metadata what traffic and cleanup read: name, namespace, the
-/// resourceVersion (is the cache as new as the last write?), the release label and the applied
-/// hash (its spec is already only the selector: [`SlimService`]).
-fn slim_service(s: &mut SlimService) {
-    let m = std::mem::take(&mut s.metadata);
-    s.metadata = kube::api::ObjectMeta {
-        name: m.name,
-        namespace: m.namespace,
-        resource_version: m.resource_version,
-        labels: kept(m.labels, &[crate::api::labels::RELEASE]),
-        annotations: kept(m.annotations, &[build::APPLIED_HASH]),
-        ..Default::default()
-    };
-}
-
 /// The entries of `map` under `keys`.
-fn kept(map: Option<std::collections::BTreeMap<String, String>>, keys: &[&str]) -> Option<std::collections::BTreeMap<String, String>> {
+pub(crate) fn kept(
+    map: Option<std::collections::BTreeMap<String, String>>,
+    keys: &[&str],
+) -> Option<std::collections::BTreeMap<String, String>> {
     map.map(|m| m.into_iter().filter(|(k, _)| keys.contains(&k.as_str())).collect())
 }
 
