@@ -593,6 +593,8 @@ fn write_results(results: &serde_json::Map<String, Value>, md: &[String], sizes:
             ("wall s to final state", "all_done_s"),
             ("change -> acted p50 ms", "act_p50_ms"),
             ("change -> acted p99 ms", "act_p99_ms"),
+            ("reconciles per new release (ours)", "reconciles_per_release"),
+            ("API requests per new release (ours)", "requests_per_release"),
         ] {
             rows.push((what, n.to_string(), format!("{key}_{n}")));
         }
