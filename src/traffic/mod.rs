@@ -296,23 +296,9 @@ pub(crate) async fn ensure_service(client: &Client, written: &Written, svc: Serv
     let api: Api<SlimService> = Api::namespaced(client.clone(), &ns);
     let (svc, hash) = build::stamp(svc);
     let carries = |s: &SlimService| s.annotations().get(build::APPLIED_HASH) == Some(&hash);
-    match written.service(&ns, &name) {
-        // Written in this reconcile: that answer is the Service as it stands.
-        Some(w) if carries(&w) => return Ok(0),
-        Some(_) => {}
-        None => {
-            let current = match written.applied.cached_service(&ns, &name) {
-                Some(cached) => cached,
-                None => {
-                    let current = api.get_opt(&name).await.map_err(err)?;
-                    written.applied.learnt_service(&ns, &name, current.as_ref());
-                    current
-                }
-            };
-            if current.is_some_and(|cur| carries(&cur)) {
-                return Ok(0);
-            }
-        }
+    // Written in this reconcile, cached and believed, or read: the Service as it stands.
+    if written.read_service(client, &ns, &name).await.map_err(err)?.is_some_and(|cur| carries(&cur)) {
+        return Ok(0);
     }
     let mut svc = svc;
     svc.metadata.managed_fields = None;
