@@ -70,6 +70,11 @@ async fn an_operator_restarted_over_settled_releases_writes_nothing() {
     let before = versions(&client, &ns).await;
     assert_eq!(before.keys().filter(|k| k.starts_with("Deployment/")).count(), RELEASES, "{before:?}");
 
+    // The operator runs without transparent huge pages (each would be 2 MiB resident for a few
+    // small objects; see the README's Performance section).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", op.child.id())).unwrap();
+    assert!(status.lines().any(|l| l.split_whitespace().eq(["THP_enabled:", "0"])), "THP is on for the operator:\n{status}");
+
     op.kill();
     op = Operator::start(&label, &format!("locall.io/operator={label}"));
     let addr = op.metrics_addr.clone();
