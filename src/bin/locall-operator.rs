@@ -76,40 +76,44 @@ async fn shutdown_signal() {
     }
 }
 
-/// glibc's allocator keeps one arena per thread and rarely gives freed pages back, so the
-/// operator's footprint after the initial list of every release would stay at its peak. Two
-/// arenas (set in `main`), and a periodic trim, keep it near what the caches hold (see
-/// `make bench`).
-#[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc")))]
-fn tune_allocator() {
-    tokio::spawn(async {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
-        loop {
-            every.tick().await;
-            unsafe { libc::malloc_trim(0) };
+/// How the process holds memory: the allocator's settings, set once in `main` before the
+/// runtime starts its threads (so they apply to them), and its upkeep on the runtime.
+mod memory {
+    /// No transparent huge pages for this process: each touched one is 2 MiB resident for a few
+    /// small objects. mimalloc is built not to ask for them (its `no_thp`); on hosts whose THP
+    /// mode is `always` (not only on request) the kernel would still hand them out. With glibc's
+    /// allocator (`--no-default-features`): two arenas, and fixed mmap and trim thresholds, so
+    /// the large buffers of a relist go back to the system when freed.
+    pub fn configure() {
+        #[cfg(target_os = "linux")]
+        unsafe {
+            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
         }
-    });
+        #[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc")))]
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
+        }
+    }
+
+    /// glibc's allocator rarely gives freed pages back, so the footprint after the initial list
+    /// of every release would stay at its peak: a periodic trim keeps it near what the caches
+    /// hold (see `make bench`). mimalloc returns them itself: nothing to do.
+    pub fn upkeep() {
+        #[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc")))]
+        tokio::spawn(async {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(30));
+            loop {
+                every.tick().await;
+                unsafe { libc::malloc_trim(0) };
+            }
+        });
+    }
 }
 
-#[cfg(not(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc"))))]
-fn tune_allocator() {}
-
 fn main() -> anyhow::Result<()> {
-    // No transparent huge pages for this process: each touched one is 2 MiB resident for a few
-    // small objects. mimalloc is built not to ask for them (its `no_thp`); on hosts whose THP
-    // mode is `always` (not only on request) the kernel would still hand them out.
-    #[cfg(target_os = "linux")]
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-    }
-    // Before the runtime starts its threads, so the arena limit applies to them. Fixed mmap and
-    // trim thresholds: the large buffers of a relist go back to the system when freed.
-    #[cfg(all(target_os = "linux", target_env = "gnu", not(feature = "mimalloc")))]
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 2);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 * 1024);
-    }
+    memory::configure();
     let args = Args::parse();
     let runtime = match args.worker_threads {
         1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
@@ -119,7 +123,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    tune_allocator();
+    memory::upkeep();
     let _ = rustls::crypto::ring::default_provider().install_default();
     telemetry::init_tracing(&args.log_format);
     let metrics = Arc::new(telemetry::Metrics::default());
