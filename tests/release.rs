@@ -162,6 +162,23 @@ async fn replica_ratio_scales_the_candidate_and_pins_the_service_at_100() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(seen_ratio, "during the steps the Service selected both versions");
+
+    // Deleting the release's namespace: the release goes (its finalizer lets the namespace go)
+    // and so do the children of its staging copy in the other namespace, which stays and which
+    // no owner reference reaches.
+    let stg = format!("{ns}-stg");
+    let (ok, _, err) = kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+    assert!(ok, "{err}");
+    wait_for(Duration::from_secs(90), &format!("namespace {ns} to be gone"), || async {
+        let (ok, out, _) = kubectl(&["get", "namespace", &ns, "-o", "name", "--ignore-not-found"]);
+        (ok && out.trim().is_empty()).then_some(())
+    })
+    .await;
+    wait_for(Duration::from_secs(30), &format!("the finalizer to remove the children in {stg}"), || async {
+        let (ok, out, _) = kubectl(&["-n", &stg, "get", "deployments,jobs,services", "-o", "name"]);
+        (ok && out.trim().is_empty()).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
