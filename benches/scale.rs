@@ -1,13 +1,16 @@
 //! `make bench` (scale part): this operator and the peer, Argo Rollouts v1.10.0 (built from its
 //! Go module by benches/peer/argo-rollouts), one after the other on the same local cluster in the
-//! same run, each holding BENCH_RELEASES (default 1000; e.g. `BENCH_RELEASES=1000,10000`)
+//! same run (the peer first: the clean slate between them then removes the peer's objects, which
+//! carry no finalizer of ours, rather than ours), each holding BENCH_RELEASES (default 1000; e.g. `BENCH_RELEASES=1000,10000`)
 //! equivalent objects: a one-stage, one-replica LocallRelease / a one-replica Rollout with one
 //! canary step to 100%. For each: idle RSS, peak RSS (sampled every 200 ms) and settled RSS, CPU
 //! seconds and wall time until every object is in its final state (Succeeded / Healthy).
 //! Then, for this operator: reconcile-to-act latency (a version change until the new Deployment
 //! exists, seen through one long-lived watch; the peer's: a template change until its new
-//! ReplicaSet exists), writes per no-op reconcile, and restart settle (until every release was
-//! reconciled once and nothing has been written for 5 s, with the writes made meanwhile). A
+//! ReplicaSet exists), next to the API server's own part (after each change, a write of a
+//! ConfigMap until the same kind of watch sees it: a change -> acted holds two such), writes
+//! per no-op reconcile, and restart settle (until every release was reconciled once and
+//! nothing has been written for 5 s, with the writes made meanwhile). A
 //! write is any mutating request (create, patch, update, delete) the operator's client sent.
 //! BENCH_SOAK_MINUTES (default 0) adds a soak with releases changing, RSS sampled over time.
 //! BENCH_PEER=0 skips the peer; BENCH_PEER_QPS=N runs it with `--qps N --burst 2N` instead of
@@ -326,6 +329,44 @@ fn watch_children(client: &Client, kind: Kind) -> Arc<Mutex<HashMap<String, (Str
     seen
 }
 
+/// The API server's own part of a change -> acted: a write until a watch sees it, on a ConfigMap
+/// of the benchmark's (a change -> acted holds two: the change, then the child's create). Gives
+/// the value of the `bench.locall.io/probe` annotation -> when the watch first saw it.
+async fn watch_probe(client: &Client, ns: &str) -> Arc<Mutex<HashMap<String, Instant>>> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "bench-probe", "labels": {"bench.locall.io/probe": "true"}}})).unwrap();
+    if let Err(kube::Error::Api(e)) = api.create(&PostParams::default(), &cm).await {
+        assert_eq!(e.code, 409, "create the probe ConfigMap: {e}");
+    }
+    let seen: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+    let s = seen.clone();
+    let w = watcher(api, watcher::Config::default().labels("bench.locall.io/probe")).applied_objects();
+    tokio::spawn(w.for_each(move |c| {
+        if let Some(v) = c.ok().and_then(|c| c.annotations().get("bench.locall.io/probe").cloned()) {
+            s.lock().unwrap().entry(v).or_insert_with(Instant::now);
+        }
+        async {}
+    }));
+    seen
+}
+
+/// One probe: the ConfigMap's annotation set to `value`, the time until the watch saw it (ms).
+async fn probe(client: &Client, ns: &str, seen: &Mutex<HashMap<String, Instant>>, value: &str) -> f64 {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let t = Instant::now();
+    let patch = json!({"metadata": {"annotations": {"bench.locall.io/probe": value}}});
+    Api::<ConfigMap>::namespaced(client.clone(), ns).patch("bench-probe", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    loop {
+        if let Some(at) = seen.lock().unwrap().get(value) {
+            return at.saturating_duration_since(t).as_secs_f64() * 1000.0;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "the probe's write was not seen in a minute");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -360,7 +401,9 @@ async fn main() {
     let peer = peer();
     let mut results = serde_json::Map::new();
     let mut md = vec![];
-    let kinds: Vec<Kind> = if peer.is_some() { vec![Kind::Locall, Kind::Peer] } else { vec![Kind::Locall] };
+    // The peer first: removing its objects is the namespace controller's work alone, where ours
+    // (each through its finalizer) would put that wait between the two parts of the run.
+    let kinds: Vec<Kind> = if peer.is_some() { vec![Kind::Peer, Kind::Locall] } else { vec![Kind::Locall] };
     for &kind in &kinds {
         let k = kind.name();
         // A clean slate: no objects of an earlier run (our operator honours their finalizers).
@@ -382,6 +425,7 @@ async fn main() {
             v
         };
         let children = watch_children(&client, kind);
+        let probes = watch_probe(&client, &namespaces[0]).await;
         let mut created = 0usize;
         for &n in &sizes {
             sampler.take_peak();
@@ -453,7 +497,7 @@ async fn main() {
             }
 
             // Reconcile-to-act: a change until the new child exists, through the one watch.
-            let mut lat = vec![];
+            let (mut lat, mut floor) = (vec![], vec![]);
             for i in 0..100.min(n) {
                 let ns = &namespaces[i % NAMESPACES];
                 let name = format!("app-{i}");
@@ -488,11 +532,17 @@ async fn main() {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 };
                 lat.push(acted.saturating_duration_since(t).as_secs_f64() * 1000.0);
+                // The API server's part, at the same moment: one write until a watch sees it.
+                floor.push(probe(&client, &namespaces[0], &probes, &format!("{k}-{n}-{i}")).await);
             }
             let (p50, p99) = (pct(&mut lat.clone(), 0.5), pct(&mut lat, 0.99));
             println!("{k} {n}: change -> acted p50 {p50:.1} ms p99 {p99:.1} ms over {} changes", 100.min(n));
             results.insert(format!("{k}_act_p50_ms_{n}"), p50.into());
             results.insert(format!("{k}_act_p99_ms_{n}"), p99.into());
+            let (f50, f99) = (pct(&mut floor.clone(), 0.5), pct(&mut floor, 0.99));
+            println!("{k} {n}: API server write -> watch p50 {f50:.1} ms p99 {f99:.1} ms (two in each change -> acted)");
+            results.insert(format!("{k}_write_watch_p50_ms_{n}"), f50.into());
+            results.insert(format!("{k}_write_watch_p99_ms_{n}"), f99.into());
             // Let the changed objects finish before the next figure.
             wait_for(Duration::from_secs(900), "the changed objects to finish", || async {
                 (done(&client, kind).await >= n).then_some(())
@@ -567,10 +617,28 @@ async fn main() {
         child.kill();
         write_results(&results, &md, &sizes);
     }
-    // BENCH_KEEP=1 leaves the objects for experiments.
+    // BENCH_KEEP=1 leaves the objects for experiments. Removing them is a figure of ours too:
+    // every release through its finalizer, with its namespace, as a tenant leaving would.
     if std::env::var_os("BENCH_KEEP").is_none() {
-        let _op = start(Kind::Locall, None);
+        let op = start(Kind::Locall, None);
+        let addr = op.metrics().unwrap();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let verbs = ["get", "list", "create", "patch", "update", "delete"];
+        let (q0, (_, cpu0), t) = (api_requests(&addr, &verbs, None).await, proc_stats(op.id()), Instant::now());
         remove_namespaces(&client).await;
+        let (q1, (_, cpu1), took) = (api_requests(&addr, &verbs, None).await, proc_stats(op.id()), t.elapsed().as_secs_f64());
+        let n = sizes.iter().copied().max().unwrap_or(0);
+        let line = format!(
+            "\nRemoving the {n} releases with their namespaces: {took:.0} s until the namespaces were gone; the operator's CPU {:.1} s and {} API requests meanwhile (each release's finalizer).\n",
+            cpu1 - cpu0,
+            q1 - q0
+        );
+        println!("{line}");
+        results.insert("locall_delete_all_s".into(), took.into());
+        results.insert("locall_delete_all_cpu_s".into(), (cpu1 - cpu0).into());
+        results.insert("locall_delete_all_requests".into(), (q1 - q0).into());
+        md.push(line);
+        write_results(&results, &md, &sizes);
     }
 }
 
@@ -593,6 +661,8 @@ fn write_results(results: &serde_json::Map<String, Value>, md: &[String], sizes:
             ("wall s to final state", "all_done_s"),
             ("change -> acted p50 ms", "act_p50_ms"),
             ("change -> acted p99 ms", "act_p99_ms"),
+            ("API server write -> watch p50 ms (meanwhile)", "write_watch_p50_ms"),
+            ("API server write -> watch p99 ms (meanwhile)", "write_watch_p99_ms"),
             ("reconciles per new release (ours)", "reconciles_per_release"),
             ("API requests per new release (ours)", "requests_per_release"),
         ] {
@@ -630,7 +700,7 @@ fn write_results(results: &serde_json::Map<String, Value>, md: &[String], sizes:
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let date = chrono::Utc::now().format("%Y-%m-%d");
     let mut text = format!(
-        "# Scale, side by side ({date}, {cores} cores, {host})\n\nSame local cluster, same run, one after the other. Equivalent objects: a one-stage, one-replica LocallRelease; a one-replica Rollout with one canary step to 100%. Ratio = locall-operator / peer. The peer's client throttle: {}.\n\n{}\n",
+        "# Scale, side by side ({date}, {cores} cores, {host})\n\nSame local cluster, same run, one after the other (the peer first). Equivalent objects: a one-stage, one-replica LocallRelease; a one-replica Rollout with one canary step to 100%. Ratio = locall-operator / peer. The peer's client throttle: {}.\n\n{}\n",
         match peer_qps() {
             Some(q) => format!("--qps {q} --burst {} (BENCH_PEER_QPS)", 2 * q),
             None => "its defaults, --qps 40 --burst 80".into(),
