@@ -1,21 +1,22 @@
-//! `make bench` (scale part): this operator and the peer, Argo Rollouts v1.10.0 (built from its
-//! Go module by benches/peer/argo-rollouts), one after the other on the same local cluster in the
+//! `make bench` (scale part): this operator and the peer, Argo Rollouts v1.10.0 (built from its Go
+//! module by benches/peer/argo-rollouts), one after the other on the same local cluster in the
 //! same run (the peer first: the clean slate between them then removes the peer's objects, which
-//! carry no finalizer of ours, rather than ours), each holding BENCH_RELEASES (default 1000; e.g. `BENCH_RELEASES=1000,10000`)
-//! equivalent objects: a one-stage, one-replica LocallRelease / a one-replica Rollout with one
-//! canary step to 100%. For each: idle RSS, peak RSS (sampled every 200 ms) and settled RSS, CPU
-//! seconds and wall time until every object is in its final state (Succeeded / Healthy).
-//! Then, for this operator: reconcile-to-act latency (a version change until the new Deployment
-//! exists, seen through one long-lived watch; the peer's: a template change until its new
-//! ReplicaSet exists), next to the API server's own part (after each change, a write of a
-//! ConfigMap until the same kind of watch sees it: a change -> acted holds two such), writes
-//! per no-op reconcile, and restart settle (until every release was reconciled once and
-//! nothing has been written for 5 s, with the writes made meanwhile). A
-//! write is any mutating request (create, patch, update, delete) the operator's client sent.
-//! BENCH_SOAK_MINUTES (default 0) adds a soak with releases changing, RSS sampled over time.
-//! BENCH_PEER=0 skips the peer; BENCH_PEER_QPS=N runs it with `--qps N --burst 2N` instead of
-//! its defaults (40 / 80), which bound its pace at 10,000 (ours has no client throttle). Results: target/bench/results.json and results.md, with the
-//! ratio of each figure to the peer's.
+//! carry no finalizer of ours, rather than ours), each holding BENCH_RELEASES (default 1000; e.g.
+//! `BENCH_RELEASES=1000,10000`) equivalent objects: a one-stage, one-replica LocallRelease / a
+//! one-replica Rollout with one canary step to 100%. For each: idle RSS, peak RSS (sampled every
+//! 200 ms) and settled RSS, CPU seconds and wall time until every object is in its final state
+//! (Succeeded / Healthy). Then, for this operator: reconcile-to-act latency (a version change
+//! until the new Deployment exists, seen through one long-lived watch; the peer's: a template
+//! change until its new ReplicaSet exists), next to the API server's own part (after each change,
+//! a write of a ConfigMap until the same kind of watch sees it: a change -> acted holds two such),
+//! writes per no-op reconcile, and restart settle (until every release was reconciled once and
+//! nothing has been written for 5 s, with the writes made meanwhile). A write is any mutating
+//! request (create, patch, update, delete) the operator's client sent. BENCH_SOAK_MINUTES (default
+//! 0) adds a soak with releases changing, RSS sampled over time. BENCH_PEER=0 skips the peer;
+//! BENCH_PEER_QPS=N runs it with `--qps N --burst 2N` instead of its defaults (40 / 80), which
+//! bound its pace at 10,000 (ours has no client throttle). Last, unless BENCH_KEEP is set: the
+//! time to remove all the releases with their namespaces, with the operator's CPU and requests.
+//! Results: target/bench/results.json and results.md, with the ratio of each figure to the peer's.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
