@@ -42,6 +42,8 @@ use support::*;
 
 const NAMESPACES: usize = 10;
 const LABEL: &str = "locall.io/bench=scale";
+/// Every verb the operator's request counter knows, for "all its API requests".
+const ALL_VERBS: [&str; 6] = ["get", "list", "create", "patch", "update", "delete"];
 
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
@@ -434,8 +436,7 @@ async fn main() {
             let (_, cpu0) = proc_stats(child.id());
             // Where the CPU goes: the operator's reconciles and requests while these objects settle.
             let all_requests = |addr: String| async move {
-                let verbs = ["get", "list", "create", "patch", "update", "delete"];
-                (scrape(&addr, "controller_runtime_reconcile_total").await, api_requests(&addr, &verbs, None).await)
+                (scrape(&addr, "controller_runtime_reconcile_total").await, api_requests(&addr, &ALL_VERBS, None).await)
             };
             let counted0 = match (kind, metrics.clone()) {
                 (Kind::Locall, Some(addr)) => Some(all_requests(addr).await),
@@ -624,10 +625,9 @@ async fn main() {
         let op = start(Kind::Locall, None);
         let addr = op.metrics().unwrap();
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let verbs = ["get", "list", "create", "patch", "update", "delete"];
-        let (q0, (_, cpu0), t) = (api_requests(&addr, &verbs, None).await, proc_stats(op.id()), Instant::now());
+        let (q0, (_, cpu0), t) = (api_requests(&addr, &ALL_VERBS, None).await, proc_stats(op.id()), Instant::now());
         remove_namespaces(&client).await;
-        let (q1, (_, cpu1), took) = (api_requests(&addr, &verbs, None).await, proc_stats(op.id()), t.elapsed().as_secs_f64());
+        let (q1, (_, cpu1), took) = (api_requests(&addr, &ALL_VERBS, None).await, proc_stats(op.id()), t.elapsed().as_secs_f64());
         let n = sizes.iter().copied().max().unwrap_or(0);
         let line = format!(
             "\nRemoving the {n} releases with their namespaces: {took:.0} s until the namespaces were gone; the operator's CPU {:.1} s and {} API requests meanwhile (each release's finalizer).\n",
